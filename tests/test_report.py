@@ -1,0 +1,144 @@
+"""Tests for hareid.report: the self-contained HTML page, with and without model/data."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import yaml
+from test_visualize import TinyAttnModel, fake_boxes, write_images
+
+from hareid.report import Ranking, format_metric, render_report, write_report
+
+EVAL = {"rank1": 0.8734, "rank5": 0.9421, "rank10": 0.9612, "mAP": 0.7123, "mINP": 0.4012,
+        "cmc": list(np.linspace(0.8734, 1.0, 20))}
+EXPECTED = {"rank1": "87.34", "rank5": "94.21", "rank10": "96.12", "mAP": "71.23", "mINP": "40.12"}
+
+
+def make_run(root: Path) -> Path:
+    """A fake run folder as the engine writes it (no checkpoint)."""
+    run = root / "run_<demo>"
+    run.mkdir(parents=True)
+    cfg = {"data": {"name": "synthetic", "root": "/nowhere", "height": 64, "width": 32},
+           "model": {"name": "hacnn", "note": "<script>alert(1)</script>"},
+           "optim": {"lr": 3e-4}, "output_dir": str(run)}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = [json.dumps({"epoch": e, "iteration": 50 * e, "loss": 6.0 / e, "acc": 0.15 * e,
+                         "lr": 3e-4 * 0.5 ** (e // 3), "images_per_s": 300.0}) for e in range(1, 6)]
+    lines += [json.dumps({"epoch": e, "rank1": 0.5 + 0.1 * e, "rank5": 0.7, "mAP": 0.3 + 0.1 * e,
+                          "mINP": 0.2}) for e in (2, 4)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "eval.json").write_text(json.dumps(EVAL))
+    return run
+
+
+def make_ranking(root: Path, nq: int = 6, ng: int = 12) -> Ranking:
+    """A hand-made ranking over generated images: query i has pid i % 3, camera 0."""
+    rng = np.random.default_rng(0)
+    colors = [tuple(int(c) for c in rng.integers(30, 230, 3)) for _ in range(ng)]
+    q_paths = write_images(root / "query", colors[:nq])
+    g_paths = write_images(root / "gallery", colors)
+    q_pids, g_pids = np.arange(nq) % 3, np.arange(ng) % 4 - (np.arange(ng) == ng - 1)
+    q_cams, g_cams = np.zeros(nq, int), np.arange(ng) % 3
+    ap = np.linspace(0.1, 1.0, nq)
+    ap[1] = np.nan
+    return Ranking(rng.random((nq, ng)), q_pids, g_pids, q_cams, g_cams, q_paths, g_paths, ap)
+
+
+def img_srcs(page: str) -> list[str]:
+    return re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+
+
+def test_format_metric() -> None:
+    assert format_metric(0.8734) == "87.34"
+    assert format_metric(87.34, scale=1.0) == "87.34"
+    assert format_metric(None) == "–" and format_metric(float("nan")) == "–"
+
+
+def test_best_and_worst_and_from_eval_result() -> None:
+    q = SimpleNamespace(pids=np.array([1, 2, 3, 4]), camids=np.zeros(4), paths=list("abcd"))
+    g = SimpleNamespace(pids=np.array([1, 2]), camids=np.ones(2), paths=["x", "y"])
+    rank = SimpleNamespace(ap=np.array([0.5, 0.9, 0.1]), valid=np.array([True, False, True, True]))
+    ev = SimpleNamespace(rank=rank, query=q, gallery=g, distmat=np.zeros((4, 2)))
+    ranking = Ranking.from_eval_result(ev)
+    assert np.isnan(ranking.ap[1]) and ranking.ap[2] == 0.9
+    assert ranking.best_and_worst(2) == ([2, 0], [3, 0])
+
+
+def test_render_report_full(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    ranking = make_ranking(tmp_path / "imgs")
+    path = render_report(
+        run / "report", title=run.name, config=yaml.safe_load((run / "config.yaml").read_text()),
+        eval_metrics=EVAL, metrics_jsonl=run / "metrics.jsonl", model=TinyAttnModel(),
+        attention_images=torch.randn(3, 3, 64, 32), ranking=ranking, num_ranked=2,
+        boxes_fn=fake_boxes,
+    )
+    page = path.read_text()
+    assert path == run / "report" / "index.html"
+    table = page[page.index('id="metrics"'):page.index("</table>")]
+    for key, text in EXPECTED.items():
+        assert f'data-key="{key}">{text}</td>' in table
+    srcs = img_srcs(page)
+    assert len(srcs) == 6  # curves, CMC, attention grid + one image, best + worst ranked
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http" not in "".join(srcs) and "<link" not in page and "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # config values escaped
+    assert "run_&lt;demo&gt;" in page  # title escaped
+    assert 'id="missing"' not in page
+    for heading in ("Metrics", "Plots", "Attention gallery", "Ranked lists", "Configuration"):
+        assert f"<h2>{heading}</h2>" in page
+
+
+def test_write_report_without_checkpoint(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    page = write_report(run).read_text()
+    assert all(f">{v}</td>" in page for v in EXPECTED.values())
+    assert len(img_srcs(page)) == 2  # training curves + CMC
+    missing = page[page.index('id="missing"'):]
+    assert "no checkpoint at" in missing and "best.pt" in missing
+
+
+def test_write_report_explicit_inputs_and_empty_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    ranking = make_ranking(tmp_path / "imgs")
+    page = write_report(run, tmp_path / "out", num_attention_images=0, num_ranked=1,
+                        ranking=ranking).read_text()
+    assert "<h2>Ranked lists</h2>" in page and "Attention gallery</h2>" not in page
+    assert "disabled (num_attention_images=0)" in page
+    # an empty folder still renders, listing everything as missing
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = write_report(empty).read_text()
+    for what in ("no eval.json", "no metrics.jsonl", "no config.yaml", "no checkpoint"):
+        assert what in page
+
+
+def test_write_report_from_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """The run-folder path: model rebuilt from best.pt; an unreadable dataset is reported."""
+    from hareid.checkpoint import save_checkpoint
+
+    built = []
+
+    def build_model(name: str, **kw: object) -> TinyAttnModel:
+        built.append((name, kw))
+        return TinyAttnModel()
+
+    monkeypatch.setitem(sys.modules, "hareid.models", SimpleNamespace(build_model=build_model))
+    run = make_run(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    save_checkpoint({"state_dict": TinyAttnModel().state_dict(), "config": cfg,
+                     "model": {"name": "tiny", "num_classes": 5}}, run / "checkpoints" / "best.pt")
+    page = write_report(run).read_text()
+    assert built == [("tiny", {"num_classes": 5})]
+    missing = page[page.index('id="missing"'):page.index("</section>", page.index('id="missing"'))]
+    assert "(dataset)" in missing and "no checkpoint" not in missing
+    # a corrupt checkpoint is reported, not raised
+    (run / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    page = write_report(run).read_text()
+    assert "(model)" in page and ">87.34</td>" in page
