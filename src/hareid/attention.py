@@ -1,0 +1,252 @@
+"""Harmonious attention (Li, Zhu, Gong, "Harmonious Attention Network for Person
+Re-Identification", CVPR 2018, Sec. 3.1), usable on any CNN feature map ``(B, C, H, W)``.
+
+Paper <-> code (equation numbers as in the paper):
+
+* Eq. (1) soft attention ``A = S x C`` -> :class:`SoftAttn` (spatial map times channel vector,
+  followed by a 1x1 ConvBlock and a sigmoid).
+* Eq. (2) spatial attention input, cross-channel mean ``S_in = 1/c sum_i X[:, :, i]``, then a 3x3
+  conv (stride 2), bilinear resizing and a 1x1 "scaling" conv -> :class:`SpatialAttn`.
+* Eq. (3)-(4) channel attention, squeeze ``C_in = 1/(h w) sum_ij X[i, j, :]`` and excitation
+  ``ReLU(W2 ReLU(W1 C_in))`` -> :class:`ChannelAttn`.
+* Eq. (5) hard regional attention, the affine transform ``[[s_h, 0, t_x], [0, s_w, t_y]]`` with fixed
+  scales and learned translations -> :class:`HardAttn` (predicts ``tanh(t)``) and
+  :func:`translations_to_theta` (builds the matrix in ``grid_sample`` convention).
+* :class:`HarmAttn` = soft + hard attention of one stage.
+
+Coordinate convention: ``theta`` maps normalised output coordinates to normalised input coordinates,
+``(x, y)`` in ``[-1, 1]`` with ``-1``/``1`` the outer edges of the map (``align_corners=False``).
+Region ``i`` with translation ``(tx, ty)`` and vertical scale ``s`` covers ``x in [tx-1, tx+1]`` and
+``y in [ty-s, ty+s]``: a full-width horizontal stripe of height ``s`` of the map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hareid.blocks import ConvBlock
+
+__all__ = [
+    "ChannelAttn",
+    "HardAttn",
+    "HarmAttn",
+    "SoftAttn",
+    "SpatialAttn",
+    "affine_grid",
+    "sample_regions",
+    "stripe_centres",
+    "translations_to_boxes",
+    "translations_to_theta",
+]
+
+
+class SpatialAttn(nn.Module):
+    """Spatial attention, paper Eq. (2): one map shared by all channels.
+
+    ``(B, C, H, W) -> (B, 1, H, W)``: cross-channel mean -> ConvBlock 3x3/2 -> bilinear resize
+    (``align_corners=True``) back to the input's own ``(H, W)`` -> ConvBlock 1x1. Resizing to the
+    input size (not "x2") keeps odd feature maps working; for even sizes the two are identical.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = ConvBlock(1, 1, 3, s=2, p=1)
+        self.conv2 = ConvBlock(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        s = x.mean(dim=1, keepdim=True)  # (B, 1, H, W)   Eq. (2)
+        s = self.conv1(s)  # (B, 1, ceil(H/2), ceil(W/2))
+        s = F.interpolate(s, size=size, mode="bilinear", align_corners=True)  # (B, 1, H, W)
+        return self.conv2(s)  # (B, 1, H, W)
+
+
+class ChannelAttn(nn.Module):
+    """Channel attention, paper Eq. (3)-(4): squeeze-and-excitation.
+
+    ``(B, C, H, W) -> (B, C, 1, 1)``: global average pool -> ConvBlock 1x1 ``C -> C/r`` ->
+    ConvBlock 1x1 ``C/r -> C`` (each ConvBlock ends in the ReLU of Eq. (4)).
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        if in_channels % reduction:
+            raise ValueError(f"ChannelAttn: in_channels={in_channels} must be divisible by reduction={reduction}")
+        self.conv1 = ConvBlock(in_channels, in_channels // reduction, 1)
+        self.conv2 = ConvBlock(in_channels // reduction, in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)   Eq. (3)
+        return self.conv2(self.conv1(c))  # (B, C, 1, 1)   Eq. (4)
+
+
+class SoftAttn(nn.Module):
+    """Soft (pixel-level) attention, paper Eq. (1): ``A = sigmoid(ConvBlock1x1(S * C))``.
+
+    ``(B, C, H, W) -> (B, C, H, W)`` mask. ``S * C`` broadcasts ``(B, 1, H, W) * (B, C, 1, 1)``; the
+    1x1 ConvBlock lets channels and positions interact. As in the paper's released code the
+    ConvBlock ends in a ReLU, so the mask is ``sigmoid(ReLU(.))`` and lies in ``[0.5, 1)``: it
+    re-weights features but never suppresses one by more than half.
+    """
+
+    def __init__(self, in_channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.spatial = SpatialAttn()
+        self.channel = ChannelAttn(in_channels, reduction)
+        self.conv = ConvBlock(in_channels, in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.spatial(x) * self.channel(x)  # (B, 1, H, W) * (B, C, 1, 1) -> (B, C, H, W)
+        return torch.sigmoid(self.conv(a))  # (B, C, H, W) in [0.5, 1)
+
+
+def stripe_centres(num_regions: int) -> list[float]:
+    """Vertical centres (normalised) of ``T`` equal horizontal stripes tiling ``[-1, 1]``."""
+    return [-1.0 + (2 * i + 1) / num_regions for i in range(num_regions)]
+
+
+class HardAttn(nn.Module):
+    """Hard (region-level) attention, paper Eq. (5): the translations of ``T`` regions.
+
+    ``(B, C, H, W) -> (B, T, 2)`` holding ``(tx, ty) = tanh(fc(GAP(x)))`` per region; the scales are
+    fixed (width 1, height ``1/T``), see :func:`translations_to_theta`.
+
+    Initialisation: ``fc.weight = 0`` and ``fc.bias = atanh(stripe centres)``, so the initial regions
+    are exactly the ``T`` horizontal stripes tiling the map. (The paper's released code sets the bias
+    to the centres themselves, so after ``tanh`` its initial stripes sit at ``+-tanh(0.75) = +-0.64``
+    and overlap; loading its checkpoints restores its values.)
+
+    The projection ``C -> 2T`` is computed in float32 with elementwise ops, also under autocast, so
+    region coordinates keep full precision in bfloat16 runs (it costs ``B * 2T * C`` multiply-adds).
+    """
+
+    def __init__(self, in_channels: int, num_regions: int = 4) -> None:
+        super().__init__()
+        self.num_regions = num_regions
+        self.fc = nn.Linear(in_channels, 2 * num_regions)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.fc.weight)
+        bias = torch.zeros(self.num_regions, 2)
+        bias[:, 1] = torch.tensor([math.atanh(c) for c in stripe_centres(self.num_regions)])
+        with torch.no_grad():
+            self.fc.bias.copy_(bias.flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3)).float()  # (B, C)
+        w = self.fc.weight.float()  # (2T, C)
+        t = (pooled.unsqueeze(1) * w).sum(dim=-1) + self.fc.bias.float()  # (B, 2T), float32
+        return torch.tanh(t).view(-1, self.num_regions, 2)  # (B, T, 2)
+
+
+class HarmAttn(nn.Module):
+    """Harmonious attention of one stage: soft mask and hard-region translations.
+
+    ``(B, C, H, W) -> (mask (B, C, H, W) | None, translations (B, T, 2) | None)``; ``soft=False`` or
+    ``hard=False`` leaves that part out (``None``), for ablations.
+    """
+
+    def __init__(
+        self, in_channels: int, num_regions: int = 4, soft: bool = True, hard: bool = True, reduction: int = 16
+    ) -> None:
+        super().__init__()
+        self.soft = SoftAttn(in_channels, reduction) if soft else None
+        self.hard = HardAttn(in_channels, num_regions) if hard else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        mask = self.soft(x) if self.soft is not None else None
+        t = self.hard(x) if self.hard is not None else None
+        return mask, t
+
+
+def translations_to_theta(t: torch.Tensor, scale_h: float | None = None) -> torch.Tensor:
+    """``(B, T, 2)`` translations -> ``(B, T, 2, 3)`` affine matrices ``[[1, 0, tx], [0, scale_h, ty]]``.
+
+    ``scale_h`` defaults to ``1 / T``. Built with tensor ops on ``t``'s device and dtype.
+    """
+    scale = 1.0 / t.shape[1] if scale_h is None else scale_h
+    tx, ty = t.unbind(dim=-1)  # (B, T) each
+    one = torch.ones_like(tx)
+    zero = torch.zeros_like(tx)
+    rows = (one, zero, tx, zero, one * scale, ty)
+    return torch.stack(rows, dim=-1).view(*t.shape[:-1], 2, 3)  # (B, T, 2, 3)
+
+
+def translations_to_boxes(
+    t: torch.Tensor, image_hw: tuple[int, int], scale_h: float | None = None
+) -> torch.Tensor:
+    """``(B, T, 2)`` translations -> ``(B, T, 4)`` boxes ``(x1, y1, x2, y2)`` in pixels of an image of
+    size ``image_hw`` (the region in normalised coordinates, mapped to the full image extent).
+    """
+    h, w = image_hw
+    scale = 1.0 / t.shape[1] if scale_h is None else scale_h
+    tx, ty = t.unbind(dim=-1)  # (B, T)
+    x1, x2 = (tx - 1.0 + 1.0) * (w / 2), (tx + 1.0 + 1.0) * (w / 2)
+    y1, y2 = (ty - scale + 1.0) * (h / 2), (ty + scale + 1.0) * (h / 2)
+    return torch.stack((x1, y1, x2, y2), dim=-1)  # (B, T, 4)
+
+
+def affine_grid(theta: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Sampling grid of ``T`` regions per image, stacked along the grid height.
+
+    ``theta (B, T, 2, 3)`` -> ``(B, T * h, w, 2)``: rows ``t*h .. t*h + h - 1`` are region ``t``.
+    Same values as ``F.affine_grid(theta_t, (B, C, h, w), align_corners=False)`` per region, but made
+    with elementwise ops in ``theta``'s dtype (``F.affine_grid`` uses a matmul that autocast would run
+    in bfloat16, losing sub-pixel precision).
+    """
+    b, t = theta.shape[:2]
+    h, w = out_hw
+    xs = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1  # (w,) pixel centres
+    ys = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1  # (h,)
+    a = theta[..., None, None]  # (B, T, 2, 3, 1, 1)
+    grid = a[:, :, :, 0] * xs.view(1, w) + a[:, :, :, 1] * ys.view(h, 1) + a[:, :, :, 2]  # (B, T, 2, h, w)
+    return grid.permute(0, 1, 3, 4, 2).reshape(b, t * h, w, 2)
+
+
+def sample_regions(
+    x: torch.Tensor, theta: torch.Tensor, out_hw: tuple[int, int], mode: str = "direct"
+) -> torch.Tensor:
+    """Sample ``T`` regions of every image with ONE ``grid_sample`` call.
+
+    Args:
+        x: ``(B, C, H, W)`` source feature map.
+        theta: ``(B, T, 2, 3)`` affine matrices (see :func:`translations_to_theta`).
+        out_hw: ``(h, w)`` size of each sampled region.
+        mode: ``"direct"`` samples each region once at ``(h, w)`` (bilinear, zero padding,
+            ``align_corners=False``). ``"peer"`` reproduces torchreid's HACNN: sample at the full
+            source size ``(H, W)``, then resize bilinearly (``align_corners=True``) to ``(h, w)``.
+
+    Returns:
+        ``(B * T, C, h, w)`` regions, image-major (row ``b * T + t``), in ``x``'s dtype and, when
+        ``x`` is channels_last, in channels_last layout.
+
+    The grids of all regions are stacked along the grid height, so one ``grid_sample`` on ``x``
+    (no copy of ``x`` per region) returns ``(B, C, T*h, w)``, which is then re-laid out once.
+    The grid is float32 (from float32 ``theta``); a bfloat16 ``x`` is sampled in float32, exactly
+    what autocast does for ``grid_sample``.
+    """
+    if mode not in ("direct", "peer"):
+        raise ValueError(f"sample_regions: mode must be 'direct' or 'peer', got {mode!r}")
+    b, c, src_h, src_w = x.shape
+    t = theta.shape[1]
+    h, w = out_hw
+    gh, gw = (h, w) if mode == "direct" else (src_h, src_w)
+    grid = affine_grid(theta, (gh, gw))  # (B, T*gh, gw, 2)
+    src = x if x.dtype == grid.dtype else x.to(grid.dtype)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C, T*gh, gw)
+    out = out.view(b, c, t, gh, gw)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    if mode == "peer":
+        out = out.transpose(1, 2).reshape(b * t, c, gh, gw)  # (B*T, C, H, W)
+        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=True)  # (B*T, C, h, w)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return out.to(dtype=x.dtype, memory_format=fmt)
+    if channels_last:  # one copy: (B, C, T, h, w) -> (B, T, h, w, C) == channels_last (B*T, C, h, w)
+        out = out.permute(0, 2, 3, 4, 1).contiguous().to(x.dtype)
+        return out.view(b * t, h, w, c).permute(0, 3, 1, 2)
+    return out.transpose(1, 2).reshape(b * t, c, h, w).to(x.dtype)

@@ -1,0 +1,176 @@
+"""Attention modules and region helpers: hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hareid.attention import (
+    ChannelAttn,
+    HardAttn,
+    HarmAttn,
+    SoftAttn,
+    SpatialAttn,
+    affine_grid,
+    sample_regions,
+    translations_to_boxes,
+    translations_to_theta,
+)
+from hareid.blocks import ConvBlock, InceptionA, InceptionB
+
+
+def _identity_bn(block: ConvBlock) -> None:
+    """BN that passes values through unchanged in eval mode."""
+    block.bn.eps = 0.0
+    block.bn.reset_running_stats()
+    torch.nn.init.ones_(block.bn.weight)
+    torch.nn.init.zeros_(block.bn.bias)
+
+
+def test_channel_attn_hand_computed() -> None:
+    ca = ChannelAttn(16, reduction=16).eval()
+    for b in (ca.conv1, ca.conv2):
+        _identity_bn(b)
+    with torch.no_grad():
+        ca.conv1.conv.weight.fill_(1 / 16)  # mean of the 16 squeezed values
+        ca.conv1.conv.bias.zero_()
+        ca.conv2.conv.weight.copy_(torch.arange(1.0, 17.0).view(16, 1, 1, 1))  # channel i: (i+1) * z
+        ca.conv2.conv.bias.fill_(-3.0)
+    x = torch.full((2, 16, 5, 3), 2.0)  # squeeze -> 2 everywhere; excitation: relu((i+1)*2 - 3)
+    out = ca(x)
+    assert out.shape == (2, 16, 1, 1)
+    expected = torch.clamp(torch.arange(1.0, 17.0) * 2 - 3, min=0)  # [0, 1, 3, 5, ...]
+    torch.testing.assert_close(out[:, :, 0, 0], expected.expand(2, 16))
+
+
+def test_channel_attn_rejects_bad_reduction() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        ChannelAttn(20, reduction=16)
+
+
+def test_spatial_attn_hand_computed_odd_size() -> None:
+    """Centre-tap 3x3/2 conv + align_corners resize reproduce a linear ramp exactly, at 5x7."""
+    sa = SpatialAttn().eval()
+    for b in (sa.conv1, sa.conv2):
+        _identity_bn(b)
+    with torch.no_grad():
+        sa.conv1.conv.weight.zero_()
+        sa.conv1.conv.weight[0, 0, 1, 1] = 1.0
+        sa.conv1.conv.bias.zero_()
+        sa.conv2.conv.weight.fill_(2.0)
+        sa.conv2.conv.bias.fill_(-1.0)
+    i = torch.arange(5.0).view(5, 1)
+    j = torch.arange(7.0).view(1, 7)
+    ramp = 1 + 0.5 * i + 0.25 * j  # (5, 7), >= 1
+    # channels average to the ramp: (ramp - 1, ramp, ramp + 1)
+    x = torch.stack([ramp - 1, ramp, ramp + 1]).unsqueeze(0)  # (1, 3, 5, 7)
+    out = sa(x)
+    assert out.shape == (1, 1, 5, 7)  # own size, not 2 * ceil(size / 2) = 6 x 8
+    torch.testing.assert_close(out[0, 0], 2 * ramp - 1)
+
+
+def test_soft_attn_mask_shape_and_range() -> None:
+    sa = SoftAttn(32).eval()
+    m = sa(torch.randn(2, 32, 9, 5))
+    assert m.shape == (2, 32, 9, 5)
+    assert m.min() >= 0.5 and m.max() < 1  # sigmoid(ReLU(.))
+
+
+def test_initial_hard_attention_boxes_are_horizontal_stripes() -> None:
+    ha = HardAttn(64, num_regions=4)
+    t = ha(torch.randn(3, 64, 10, 4))  # weights are zero: output is independent of x
+    assert t.shape == (3, 4, 2)
+    boxes = translations_to_boxes(t, (160, 64))
+    expected = torch.tensor([[0, 0, 64, 40], [0, 40, 64, 80], [0, 80, 64, 120], [0, 120, 64, 160]], dtype=torch.float)
+    torch.testing.assert_close(boxes, expected.expand(3, 4, 4), atol=1e-4, rtol=0)
+
+
+def test_hard_attn_stripes_for_other_region_counts() -> None:
+    t = HardAttn(16, num_regions=3)(torch.randn(1, 16, 4, 4))
+    boxes = translations_to_boxes(t, (90, 30))
+    torch.testing.assert_close(boxes[0, :, 1], torch.tensor([0.0, 30.0, 60.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(boxes[0, :, 3], torch.tensor([30.0, 60.0, 90.0]), atol=1e-4, rtol=0)
+
+
+def test_hard_attn_full_precision_under_autocast() -> None:
+    ha = HardAttn(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = ha(torch.randn(2, 16, 4, 4).bfloat16())
+    assert t.dtype == torch.float32
+
+
+def test_translations_to_theta_values() -> None:
+    t = torch.tensor([[[0.1, -0.5], [0.2, 0.5]]])  # (1, 2, 2)
+    theta = translations_to_theta(t, scale_h=0.5)
+    expected = torch.tensor([[[[1, 0, 0.1], [0, 0.5, -0.5]], [[1, 0, 0.2], [0, 0.5, 0.5]]]])
+    torch.testing.assert_close(theta, expected)
+    assert translations_to_theta(t).shape == (1, 2, 2, 3)  # default scale 1/T
+
+
+def test_affine_grid_matches_torch_affine_grid() -> None:
+    theta = translations_to_theta(torch.rand(2, 3, 2) * 2 - 1)  # (2, 3, 2, 3)
+    grid = affine_grid(theta, (5, 7)).view(2, 3, 5, 7, 2)
+    for r in range(3):
+        ref = F.affine_grid(theta[:, r], [2, 1, 5, 7], align_corners=False)
+        torch.testing.assert_close(grid[:, r], ref, atol=1e-6, rtol=0)
+
+
+def test_sampling_known_image_gives_known_crop() -> None:
+    x = torch.arange(32.0).view(1, 1, 8, 4)
+    # two stripes (scale 1/2); region 1 shifted right by one pixel (2/4 normalised per pixel)
+    t = torch.tensor([[[0.0, -0.5], [0.5, 0.5]]])
+    out = sample_regions(x, translations_to_theta(t), (4, 4), mode="direct")  # (2, 1, 4, 4)
+    torch.testing.assert_close(out[0, 0], x[0, 0, :4])  # top half, exactly
+    shifted = torch.zeros(4, 4)
+    shifted[:, :3] = x[0, 0, 4:, 1:]  # bottom half, one column to the left, zero padding on the right
+    torch.testing.assert_close(out[1, 0], shifted)
+    boxes = translations_to_boxes(t, (8, 4))
+    torch.testing.assert_close(boxes[0], torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 4.0, 5.0, 8.0]]))
+
+
+@pytest.mark.parametrize("mode", ["direct", "peer"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_sampling_equals_per_region_loop(mode: str, channels_last: bool) -> None:
+    x = torch.randn(2, 6, 11, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.rand(2, 4, 2) * 1.6 - 0.8
+    theta = translations_to_theta(t)
+    out = sample_regions(x, theta, (5, 6), mode=mode)
+    assert out.shape == (8, 6, 5, 6)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    for r in range(4):
+        size = [2, 6, 5, 6] if mode == "direct" else list(x.shape)
+        grid = F.affine_grid(theta[:, r], size, align_corners=False)
+        ref = F.grid_sample(x, grid, align_corners=False)
+        if mode == "peer":
+            ref = F.interpolate(ref, size=(5, 6), mode="bilinear", align_corners=True)
+        torch.testing.assert_close(out.view(2, 4, 6, 5, 6)[:, r], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sample_regions_keeps_dtype_and_rejects_bad_mode() -> None:
+    x = torch.randn(1, 2, 8, 8).bfloat16()
+    theta = translations_to_theta(torch.zeros(1, 2, 2))
+    assert sample_regions(x, theta, (4, 8)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="direct"):
+        sample_regions(x, theta, (4, 8), mode="nearest")
+
+
+def test_harm_attn_on_any_feature_map() -> None:
+    ha = HarmAttn(48, num_regions=2)
+    x = torch.randn(2, 48, 7, 3, requires_grad=True)
+    mask, t = ha(x)
+    assert mask.shape == x.shape and t.shape == (2, 2, 2)
+    (mask.sum() + t.sum()).backward()
+    assert x.grad is not None and ha.hard.fc.weight.grad.abs().sum() > 0
+    assert HarmAttn(48, hard=False)(x)[1] is None
+
+
+@pytest.mark.parametrize(("block", "factor"), [(InceptionA, 1), (InceptionB, 2)])
+@pytest.mark.parametrize("size", [(9, 5), (10, 4)])
+def test_inception_shapes(block, factor: int, size: tuple[int, int]) -> None:
+    out = block(16, 64)(torch.randn(2, 16, *size))
+    assert out.shape == (2, 64, math.ceil(size[0] / factor), math.ceil(size[1] / factor))
