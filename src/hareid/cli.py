@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hareid import CACHE_DIR as DEFAULT_CACHE
 from hareid.errors import HareidError
-
-DEFAULT_CACHE = Path(os.environ.get("HAREID_HOME", Path.home() / ".cache" / "hareid"))
 
 _EPILOG_OVERRIDES = "Overrides are dotted config keys, e.g.  train.epochs=3 model.num_regions=2"
 
