@@ -1,0 +1,174 @@
+"""Image decoding, the torch :class:`ImageDataset`, and :func:`build_loaders`.
+
+Decoder choice (``benchmarks/bench_data.py``, 128x64 JPEGs, decode + train augmentation):
+``torchvision.io.decode_image`` is used by default (``DEFAULT_DECODER``) because it measured faster
+than PIL on this project's CPU box; PIL stays available (``decoder="pil"``) and is the fallback for
+files torchvision cannot decode (e.g. some BMPs / palette images).
+
+Corrupt images: by default a :class:`~hareid.errors.DataError` names the file. With
+``skip_bad_images=True`` the dataset warns once per bad path (per worker process) and returns
+another image of the same identity (or, if it has none, the next readable image), so a P x K batch
+keeps its shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from hareid.data.records import ImageRecord, ReIDDataset
+from hareid.data.sampler import IdentitySampler
+from hareid.data.transforms import build_transforms
+from hareid.errors import DataError
+
+__all__ = ["DECODERS", "DEFAULT_DECODER", "ImageDataset", "build_loaders", "decode_pil",
+           "decode_torchvision", "read_image"]
+
+
+def decode_pil(path: str) -> Image.Image:
+    """RGB PIL image."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def decode_torchvision(path: str) -> torch.Tensor:
+    """RGB ``uint8`` tensor ``[3, H, W]`` via ``torchvision.io.decode_image`` (PIL fallback).
+
+    torchvision >= 0.29 marks its image codecs deprecated (TorchCodec supersedes them); the warning
+    is silenced here, and PIL takes over if a future torchvision drops them.
+    """
+    try:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+    except ImportError:  # pragma: no cover - codecs removed from torchvision
+        return pil_to_tensor(decode_pil(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # formats torchvision's libjpeg/libpng reject but PIL may read (e.g. BMP, CMYK)
+    return pil_to_tensor(decode_pil(path))
+
+
+DECODERS: dict[str, Callable[[str], Any]] = {"torchvision": decode_torchvision, "pil": decode_pil}
+DEFAULT_DECODER = "torchvision"
+
+
+def read_image(path: str, decoder: str = DEFAULT_DECODER) -> Any:
+    """Decode ``path``; any failure becomes a one-line DataError naming the file."""
+    try:
+        return DECODERS[decoder](path)
+    except KeyError:
+        raise DataError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}") from None
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {msg}); replace or delete "
+                        "the file, or run with skip_bad_images=True (--skip-bad-images)") from exc
+
+
+class ImageDataset(Dataset):
+    """Records -> ``(image Tensor[3,H,W] float, pid, camid, path)``."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable[[Any], torch.Tensor] | None,
+                 skip_bad_images: bool = False, decoder: str = DEFAULT_DECODER) -> None:
+        if decoder not in DECODERS:
+            raise DataError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
+        self.records = list(records)
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+        self.decoder = decoder
+        self.bad_paths: set[str] = set()
+        by_pid: dict[int, list[int]] = defaultdict(list)
+        for i, r in enumerate(self.records):
+            by_pid[r.pid].append(i)
+        self._by_pid = dict(by_pid)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, rec: ImageRecord) -> torch.Tensor:
+        img = read_image(rec.path, self.decoder)
+        if self.transform is not None:
+            img = self.transform(img)
+        elif isinstance(img, Image.Image):
+            img = pil_to_tensor(img)
+        return img.as_subclass(torch.Tensor)
+
+    def _substitutes(self, index: int) -> list[int]:
+        same = self._by_pid[self.records[index].pid]
+        pos = same.index(index)
+        order = same[pos + 1:] + same[:pos]
+        n = len(self.records)
+        return order + [(index + j) % n for j in range(1, n) if (index + j) % n not in same]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        rec = self.records[index]
+        if rec.path not in self.bad_paths:
+            try:
+                return self._load(rec), rec.pid, rec.camid, rec.path
+            except DataError as exc:
+                if not self.skip_bad_images:
+                    raise
+                self._mark_bad(rec.path, exc)
+        for j in self._substitutes(index):
+            sub = self.records[j]
+            if sub.path in self.bad_paths:
+                continue
+            try:
+                return self._load(sub), sub.pid, sub.camid, sub.path
+            except DataError as exc:
+                self._mark_bad(sub.path, exc)
+        raise DataError(f"{rec.path}: unreadable and no readable substitute image left in the dataset")
+
+    def _mark_bad(self, path: str, exc: Exception) -> None:
+        self.bad_paths.add(path)
+        warnings.warn(f"skipping bad image: {exc}", RuntimeWarning, stacklevel=3)
+
+
+def build_loaders(
+    dataset: ReIDDataset,
+    height: int = 160,
+    width: int = 64,
+    batch_size: int = 32,
+    num_instances: int = 4,
+    workers: int = 2,
+    test_batch_size: int | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    skip_bad_images: bool = False,
+    decoder: str = DEFAULT_DECODER,
+    pin_memory: bool | None = None,
+    **transform_kw: Any,
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """``(train_loader, query_loader, gallery_loader)``.
+
+    Train: :class:`IdentitySampler` (P x K, ``batch_size`` per rank; call
+    ``train_loader.sampler.set_epoch(epoch)`` each epoch), ``drop_last``. Query/gallery: in order,
+    eval transform. ``pin_memory`` defaults to ``torch.cuda.is_available()``; workers persist
+    across epochs when ``workers > 0``. ``transform_kw`` go to :func:`build_transforms`.
+    """
+    train_tf, eval_tf = build_transforms(height, width, **transform_kw)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin,
+                              "persistent_workers": workers > 0}
+    if workers > 0:
+        common["prefetch_factor"] = 4
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)  # distinct augmentation per rank
+    sampler = IdentitySampler(dataset.train, batch_size, num_instances, seed, rank, world_size)
+    train = DataLoader(ImageDataset(dataset.train, train_tf, skip_bad_images, decoder),
+                       batch_size=batch_size, sampler=sampler, drop_last=True, generator=gen,
+                       **common)
+    tbs = test_batch_size or max(batch_size, 64)
+    query = DataLoader(ImageDataset(dataset.query, eval_tf, skip_bad_images, decoder),
+                       batch_size=tbs, shuffle=False, **common)
+    gallery = DataLoader(ImageDataset(dataset.gallery, eval_tf, skip_bad_images, decoder),
+                         batch_size=tbs, shuffle=False, **common)
+    return train, query, gallery
