@@ -1,0 +1,449 @@
+"""Typed training configuration: dataclasses, YAML recipes and dotted command-line overrides.
+
+``load_config("hacnn_synthetic", ["train.epochs=3", "optim.milestones=[20,40]"])`` reads the recipe
+shipped in ``hareid/configs/`` (or any YAML path), applies the overrides, checks every key and value
+against the dataclass types below, and returns a :class:`Config`. Unknown keys and values of the
+wrong type raise :class:`~hareid.errors.ConfigError` with one line naming the key, the expected type
+and, for a misspelt key, the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from hareid.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "list_recipes",
+    "load_config",
+    "save_config",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Dataset, input size, sampling and augmentation."""
+
+    name: str = "synthetic"
+    root: str = "data/synthetic"
+    height: int = 160
+    width: int = 64
+    batch_size: int = 32  # global batch: split evenly over DDP processes
+    num_instances: int = 4  # K images per identity in a P x K batch
+    workers: int = 2
+    test_batch_size: int = 128
+    skip_bad_images: bool = False
+    flip: float = 0.5  # horizontal-flip probability
+    pad: int = 10  # zero padding before a random crop back to height x width (0 = no crop)
+    erasing: float = 0.5  # random-erasing probability
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (0 = off)
+    options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset kwargs
+    loader_options: dict[str, Any] = field(default_factory=dict)  # extra build_loaders kwargs
+
+
+@dataclass
+class ModelConfig:
+    """Registered model name and its build options; ``None`` leaves the model's own default."""
+
+    name: str = "hacnn"
+    num_regions: int | None = None
+    feature_dim: int | None = None
+    local_branch: bool | None = None
+    soft_attn: bool | None = None
+    hard_attn: bool | None = None
+    cross_attn: bool | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # other build_model kwargs
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``build_model(name, num_classes=..., **kwargs)``."""
+        kw = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("name", "options") and getattr(self, f.name) is not None
+        }
+        kw.update(self.options)
+        return kw
+
+
+@dataclass
+class LossConfig:
+    """Loss weights: label-smoothed cross-entropy per branch, optional batch-hard triplet."""
+
+    ce_weight: float = 1.0
+    label_smooth: float = 0.1
+    triplet_weight: float = 0.0
+    margin: float = 0.3
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (epochs; the schedule is stepped every iteration)."""
+
+    name: Literal["adam", "amsgrad", "sgd"] = "adam"
+    lr: float = 3e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / amsgrad
+    scheduler: Literal["none", "step", "multistep", "cosine"] = "multistep"
+    step_size: int = 40  # step: decay every step_size epochs
+    milestones: list[int] = field(default_factory=lambda: [40, 80])  # multistep: absolute epochs
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine floor
+    warmup_epochs: int = 0  # linear warmup, per iteration, from lr * warmup_factor
+    warmup_factor: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Training loop, precision, checkpoints and logging."""
+
+    epochs: int = 60
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["none", "bf16", "fp16", "auto"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 10  # epochs; 0 evaluates only at the end
+    best_metric: Literal["mAP", "rank1"] = "mAP"
+    progress: bool = True  # tqdm bar per epoch (rank 0 only)
+    resume: str | None = None  # checkpoint path, or "auto" = RUN/checkpoints/last.pt if present
+    tensorboard: bool = False
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol options."""
+
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    flip: bool = False
+    rerank: bool = False
+    max_rank: int = 50
+    amp: bool = False  # embed under train.amp's autocast (faster on CPU; bf16 features ~1e-3 off)
+
+
+@dataclass
+class Config:
+    """The whole run: every section plus the run folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/hacnn"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-able dict (deep copy)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        """Build and validate a Config from a (possibly partial) nested dict."""
+        cfg = cls()
+        _merge(cfg, data, prefix="", source=source)
+        _check(cfg)
+        return cfg
+
+
+# ----------------------------------------------------------------------------------------- types
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        return f"list[{_type_name(inner)}]"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to ``tp`` or raise ConfigError."""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+            raise bad()
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise bad()
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}{hint}")
+        raise bad()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = _yaml_value(text, key)
+            else:
+                value = [v for v in (s.strip() for s in text.split(",")) if v]
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise bad()
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = _yaml_value(value, key)
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    raise bad()  # pragma: no cover - a field type this module does not handle
+
+
+def _yaml_value(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: cannot parse {text!r} ({first})") from None
+
+
+# names other tools use for the same setting (difflib cannot see that "learning_rate" is "lr")
+_ALIASES = {
+    "learning_rate": "lr", "base_lr": "lr", "optimizer": "optim", "optim_name": "name",
+    "max_epoch": "epochs", "max_epochs": "epochs", "num_epochs": "epochs", "lr_scheduler": "scheduler",
+    "stepsize": "step_size", "batch": "batch_size", "train_batch_size": "batch_size",
+    "num_workers": "workers", "arch": "name", "label_smoothing": "label_smooth", "eval_freq": "eval_every",
+    "save_dir": "output_dir", "dataset": "data", "loss_weights": "ce_weight",
+}
+
+
+def _unknown(key: str, valid: list[str], prefix: str, source: str) -> ConfigError:
+    alias = _ALIASES.get(key.lower())
+    close = [alias] if alias in valid else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
+
+
+def _merge(obj: Any, data: Any, prefix: str, source: str) -> None:
+    """Set the fields of dataclass ``obj`` from mapping ``data`` with validation."""
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
+    hints = _hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        key = str(key)
+        if key not in names:
+            raise _unknown(key, names, prefix, source)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value if value is not None else {}, f"{prefix}{key}.", source)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{prefix}{key}"))
+
+
+def _set_dotted(cfg: Config, dotted: str, raw: str, source: str) -> None:
+    obj: Any = cfg
+    parts = dotted.split(".")
+    prefix = ""
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            raise _unknown(part, names, prefix, source)
+        current = getattr(obj, part)
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(current):
+            if last:
+                raise ConfigError(f"{source}: '{dotted}' is a section; set one of its keys, e.g. {dotted}.{dataclasses.fields(current)[0].name}=...")
+            obj, prefix = current, f"{prefix}{part}."
+            continue
+        tp = _hints(type(obj))[part]
+        if get_origin(tp) is dict and not last:  # model.options.foo=1 -> one entry of a free mapping
+            sub = dict(current)
+            sub_key = ".".join(parts[i + 1 :])
+            sub[sub_key] = _yaml_value(raw, dotted)
+            setattr(obj, part, sub)
+            return
+        if not last:
+            raise ConfigError(f"{source}: '{prefix}{part}' is a value, not a section ('{dotted}')")
+        setattr(obj, part, _coerce(raw, tp, dotted))
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field checks that the types alone cannot express."""
+    d, o, t, lo = cfg.data, cfg.optim, cfg.train, cfg.loss
+    positive = {
+        "data.height": d.height, "data.width": d.width, "data.batch_size": d.batch_size,
+        "data.num_instances": d.num_instances, "data.test_batch_size": d.test_batch_size,
+        "train.epochs": t.epochs, "optim.step_size": o.step_size,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {v}")
+    nonneg = {"data.workers": d.workers, "train.eval_every": t.eval_every,
+              "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip, "optim.lr": o.lr,
+              "optim.weight_decay": o.weight_decay, "loss.ce_weight": lo.ce_weight,
+              "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin}
+    for key, v in nonneg.items():
+        if v < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {v}")
+    for key, v in {"data.flip": d.flip, "data.erasing": d.erasing}.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{key}: a probability in [0, 1], got {v}")
+    if d.pad < 0 or d.color_jitter < 0:
+        raise ConfigError(f"data.pad and data.color_jitter must be >= 0, got {d.pad}, {d.color_jitter}")
+    if not 0.0 <= lo.label_smooth < 1.0:
+        raise ConfigError(f"loss.label_smooth: must be in [0, 1), got {lo.label_smooth}")
+    if lo.ce_weight == 0 and lo.triplet_weight == 0:
+        raise ConfigError("loss: ce_weight and triplet_weight are both 0; set one of them > 0")
+    if d.batch_size % d.num_instances:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is not a multiple of data.num_instances={d.num_instances}"
+        )
+    if len(o.betas) != 2:
+        raise ConfigError(f"optim.betas: expected two numbers, got {o.betas}")
+    if o.milestones != sorted(o.milestones):
+        raise ConfigError(f"optim.milestones: must be increasing, got {o.milestones}")
+    if o.warmup_epochs >= t.epochs and o.warmup_epochs > 0:
+        raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be < train.epochs={t.epochs}")
+    if not 0.0 < o.warmup_factor <= 1.0:
+        raise ConfigError(f"optim.warmup_factor: must be in (0, 1], got {o.warmup_factor}")
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with hareid (``hacnn_market1501``, ``hacnn_synthetic``, ...)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _resolve(path_or_name: str) -> Path:
+    p = Path(path_or_name).expanduser()
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / f"{Path(path_or_name).stem}.yaml"
+    if not p.suffix and shipped.is_file():
+        return shipped
+    if p.suffix not in ("", ".yaml", ".yml"):
+        raise ConfigError(f"{path_or_name}: config must be a .yaml file or a recipe name")
+    names = list_recipes()
+    close = difflib.get_close_matches(Path(path_or_name).stem, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"recipes: {', '.join(names)}"
+    raise ConfigError(f"{path_or_name}: no such config file or shipped recipe; {hint}")
+
+
+def load_config(path_or_name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file or shipped recipe (``None`` = defaults), then apply ``key.sub=value`` overrides."""
+    cfg = Config()
+    if path_or_name is not None:
+        path = _resolve(str(path_or_name))
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        _merge(cfg, data, prefix="", source=str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        _set_dotted(cfg, key.strip(), raw.strip(), source=f"override {item!r}")
+    _check(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write ``cfg`` as YAML (keys in dataclass order); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
+    return path

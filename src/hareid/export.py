@@ -1,0 +1,330 @@
+"""Inference forms of a hareid model: folded BatchNorm, compiled, ONNX and TorchScript.
+
+* :func:`fuse_for_inference` - deep-copied eval model, every Conv2d+BatchNorm2d (and Linear+BatchNorm1d)
+  pair folded with :mod:`torch.nn.utils.fusion`, weights in channels_last, gradients off.
+* :func:`optimize_for_inference` - the fused model, optionally ``torch.compile``-d (feature
+  extraction and ``benchmarks/bench_model.py`` use it).
+* :func:`export_onnx` / :func:`export_torchscript` - write the fused eval model (atomic: temp file in
+  the target folder, then rename); :func:`export_model` also runs the file (onnxruntime /
+  ``torch.jit.load``) against the eager model on random input and raises
+  :class:`~hareid.errors.HareidError` if they differ by more than ``atol`` (1e-4).
+
+ONNX exporter choice (torch 2.14): ``exporter="auto"`` uses the TorchScript-based exporter
+(``torch.onnx.export(..., dynamo=False)``): on HA-CNN it honours the requested opset (16/17) exactly,
+handles a dynamic batch through ``dynamic_axes``, and takes ~2 s. The dynamo exporter
+(``dynamo=True``, needs onnxscript) also matches the eager model to ~1e-7 but takes ~4x longer, has
+no opset-17 implementation (it emits opset 18 and its down-conversion fails on this graph) and prints
+progress lines; "auto" falls back to it only when the legacy exporter is unavailable or fails.
+Pick one explicitly with ``exporter="legacy"`` or ``exporter="dynamo"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import io
+import itertools
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from hareid.errors import HareidError
+
+__all__ = [
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "fuse_for_inference",
+    "optimize_for_inference",
+]
+
+ATOL = 1e-4
+_ONNX_HINT = "pip install 'hareid[onnx]'"
+
+
+# --------------------------------------------------------------------------------------- fusion
+def _named_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """Child-name pairs ``(conv, bn)`` that ``module.forward`` applies back to back (BN right after conv)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from hareid.blocks import ConvBlock
+
+    if isinstance(module, ConvBlock):
+        return [("conv", "bn")]
+    if isinstance(module, BasicBlock):
+        return [("conv1", "bn1"), ("conv2", "bn2")]
+    if isinstance(module, Bottleneck):
+        return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
+    return []
+
+
+def _foldable(first: nn.Module, bn: nn.Module) -> bool:
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+        return False
+    if type(first) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+        return first.out_channels == bn.num_features
+    if type(first) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
+        return first.out_features == bn.num_features
+    return False
+
+
+def _fold(first: nn.Module, bn: nn.Module) -> nn.Module:
+    if isinstance(first, nn.Conv2d):
+        return fuse_conv_bn_eval(first, bn)
+    return fuse_linear_bn_eval(first, bn)
+
+
+def _fuse_(model: nn.Module) -> int:
+    """Fold BN into the preceding layer in place (model in eval mode); returns the number folded."""
+    count = 0
+    for module in list(model.modules()):
+        for conv_name, bn_name in _named_pairs(module):
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if _foldable(conv, bn):
+                setattr(module, conv_name, _fold(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+                count += 1
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in itertools.pairwise(names):
+                first, bn = module._modules[a], module._modules[b]
+                if first is not None and bn is not None and _foldable(first, bn):
+                    module._modules[a] = _fold(first, bn)
+                    module._modules[b] = nn.Identity()
+                    count += 1
+    return count
+
+
+def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """A deep-copied eval-mode model with BatchNorm folded into the preceding Conv2d / Linear.
+
+    Folds every ``ConvBlock`` (``conv``, ``bn``), torchvision ResNet block (``convN``, ``bnN``) and
+    adjacent ``Conv2d -> BatchNorm2d`` / ``Linear -> BatchNorm1d`` pair of an ``nn.Sequential`` with
+    :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` / ``fuse_linear_bn_eval``; the BN becomes
+    ``nn.Identity``. Weights are moved to channels_last (``channels_last=True``) and
+    ``requires_grad`` is switched off. The eval output equals the original's (fp32, ~1e-6); use it
+    under ``torch.inference_mode()``. The number of folded pairs is stored as ``model.fused_bn``.
+    The input model is not modified.
+    """
+    fused = copy.deepcopy(model).eval()
+    count = _fuse_(fused)
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    fused.fused_bn = count
+    return fused
+
+
+def optimize_for_inference(
+    model: nn.Module, compile: bool = False, channels_last: bool = True, **compile_kwargs: Any
+) -> nn.Module:
+    """:func:`fuse_for_inference`, then ``torch.compile(**compile_kwargs)`` if ``compile`` is true.
+
+    Compilation (inductor) costs about a minute on a CPU at the first call per input shape; it pays
+    off for long feature extractions, not for a short demo. Run the result under
+    ``torch.inference_mode()``; bf16 autocast works on both forms.
+    """
+    fused = fuse_for_inference(model, channels_last=channels_last)
+    if compile:
+        compile_kwargs.setdefault("dynamic", False)
+        return torch.compile(fused, **compile_kwargs)
+    return fused
+
+
+# --------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path in ``path``'s folder; rename it onto ``path`` on success, delete it on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _check_size(model: nn.Module, height: int, width: int) -> None:
+    ok = getattr(model, "input_size_ok", None)
+    if ok is not None and not ok(height, width):
+        mins = getattr(model, "min_input_size", lambda: None)()
+        hint = f"; use H >= {mins[0]} and W >= {mins[1]}" if mins else ""
+        raise HareidError(f"export: input size {height}x{width} does not work for this model{hint}")
+
+
+def _require_onnx() -> tuple[ModuleType, ModuleType]:
+    try:
+        onnx = importlib.import_module("onnx")
+        ort = importlib.import_module("onnxruntime")
+    except ImportError as exc:
+        raise HareidError(f"ONNX export needs onnx and onnxruntime ({exc.name or exc} missing): {_ONNX_HINT}") from None
+    return onnx, ort
+
+
+def _example(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, height, width, generator=gen)
+
+
+def _eager_eval(model: nn.Module) -> nn.Module:
+    return model if not model.training else copy.deepcopy(model).eval()
+
+
+# --------------------------------------------------------------------------------------- export
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    height: int,
+    width: int,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    exporter: str = "auto",
+    batch: int = 2,
+    fuse: bool = True,
+) -> dict[str, Any]:
+    """Write the eval model (BN folded if ``fuse``) as ONNX: input ``images (B, 3, H, W)`` float32,
+    output ``embeddings (B, D)``; batch dynamic if ``dynamic_batch``.
+
+    ``exporter``: ``"auto"`` (legacy TorchScript exporter, dynamo as fallback), ``"legacy"`` or
+    ``"dynamo"``. Returns ``{"path", "format", "opset", "exporter", "input_shape", "seconds"}``.
+    Raises :class:`HareidError` for opset < 16, a bad size, or missing onnx/onnxruntime.
+    """
+    if opset < 16:
+        raise HareidError(f"export: opset {opset} is too old; HA-CNN needs GridSample, use opset >= 16")
+    if exporter not in ("auto", "legacy", "dynamo"):
+        raise HareidError(f"export: exporter must be 'auto', 'legacy' or 'dynamo', got {exporter!r}")
+    _check_size(model, height, width)
+    onnx, _ = _require_onnx()
+    path = Path(path)
+    net = fuse_for_inference(model, channels_last=False) if fuse else _eager_eval(model)
+    x = _example(batch, height, width)
+    t0 = time.perf_counter()
+    tries = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
+    errors: list[str] = []
+    with _atomic_path(path) as tmp:
+        for kind in tries:
+            try:
+                used_opset = _onnx_export(net, x, tmp, opset, dynamic_batch, kind)
+                onnx.checker.check_model(str(tmp))
+                break
+            except Exception as exc:  # try the next exporter; report all if none works
+                errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        else:
+            raise HareidError(f"ONNX export of {type(model).__name__} to {path} failed ({'; '.join(errors)})")
+    return {
+        "path": str(path), "format": "onnx", "opset": used_opset, "exporter": kind,
+        "input_shape": [batch, 3, height, width], "dynamic_batch": dynamic_batch,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _onnx_export(net: nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic_batch: bool, kind: str) -> int:
+    names = {"input_names": ["images"], "output_names": ["embeddings"]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if kind == "legacy":
+            axes = {"images": {0: "batch"}, "embeddings": {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(net, (x,), str(out), dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
+            return opset
+        opset = max(opset, 18)  # the dynamo exporter implements opset >= 18 only
+        shapes = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+        with contextlib.redirect_stdout(io.StringIO()):
+            prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                                     verbose=False, **names)
+            prog.save(str(out))
+        return opset
+
+
+def export_torchscript(
+    model: nn.Module, path: str | os.PathLike, height: int, width: int, batch: int = 2, fuse: bool = True
+) -> dict[str, Any]:
+    """Trace the eval model (BN folded if ``fuse``) at ``(batch, 3, height, width)`` and save it.
+
+    The trace keeps the batch size free; the spatial size is fixed at ``height x width``.
+    Returns ``{"path", "format", "input_shape", "seconds"}``.
+    """
+    _check_size(model, height, width)
+    path = Path(path)
+    net = fuse_for_inference(model, channels_last=False) if fuse else _eager_eval(model)
+    x = _example(batch, height, width)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, (x,), check_trace=False)
+        with _atomic_path(path) as tmp:
+            torch.jit.save(traced, str(tmp))
+    return {"path": str(path), "format": "torchscript", "input_shape": [batch, 3, height, width],
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _run_export(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
+    if fmt == "onnx":
+        _, ort = _require_onnx()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        return torch.from_numpy(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    # the profiling executor's first calls take seconds; one plain run is all the check needs
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        return loaded(x)
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str = "onnx",
+    height: int = 160,
+    width: int = 64,
+    opset: int = 17,
+    atol: float = ATOL,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Export (``fmt`` ``"onnx"`` or ``"torchscript"``) and check the file against the eager model.
+
+    The exported file is run on a random batch of a different size than the traced one (3 vs 2,
+    so the dynamic batch is exercised) and compared with ``model`` in eval mode, fp32.
+    Returns the exporter's dict plus ``max_abs_diff``, ``check_batch`` and ``embed_dim``.
+    Raises :class:`HareidError` if the difference exceeds ``atol`` (the file is kept for inspection),
+    for an unknown format, or when onnx/onnxruntime are missing (``pip install 'hareid[onnx]'``).
+    """
+    if fmt in ("ts", "jit"):
+        fmt = "torchscript"
+    if fmt not in ("onnx", "torchscript"):
+        raise HareidError(f"export: format must be 'onnx' or 'torchscript', got {fmt!r}")
+    path = Path(path)
+    if fmt == "onnx":
+        info = export_onnx(model, path, height, width, opset=opset, **kwargs)
+    else:
+        info = export_torchscript(model, path, height, width, **kwargs)
+    batch = 3 if kwargs.get("dynamic_batch", True) else int(info["input_shape"][0])
+    x = _example(batch, height, width, seed=1)
+    with torch.no_grad():
+        ref = _eager_eval(model)(x).float()
+    got = _run_export(fmt, path, x).float()
+    if got.shape != ref.shape:
+        raise HareidError(f"export check: {path} returned shape {tuple(got.shape)}, eager model {tuple(ref.shape)}")
+    diff = float((got - ref).abs().max())
+    info.update(max_abs_diff=diff, check_batch=batch, embed_dim=int(ref.shape[1]))
+    if not diff <= atol:
+        raise HareidError(f"export check: {path} differs from the eager model by {diff:.2e} > {atol:.0e}; "
+                          "re-export with fmt='torchscript' or report the model and torch version")
+    return info

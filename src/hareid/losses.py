@@ -1,0 +1,123 @@
+"""ReID losses: label-smoothed cross-entropy, batch-hard triplet, and their per-branch combination.
+
+Cross-entropy uses ``torch.nn.functional.cross_entropy(label_smoothing=eps)``: its target is
+``(1 - eps) * one_hot + eps / K``, the label-smoothing regulariser of Szegedy et al. that ReID
+papers use, so the well-kept library kernel is used rather than a hand-written one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CrossEntropyLabelSmooth", "ReIDLoss", "TripletLoss", "pairwise_euclidean"]
+
+
+class CrossEntropyLabelSmooth(nn.Module):
+    """Cross-entropy against ``(1 - epsilon) * one_hot + epsilon / K`` targets, mean over the batch."""
+
+    def __init__(self, num_classes: int | None = None, epsilon: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+        self.num_classes = num_classes
+        self.epsilon = epsilon
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.num_classes is not None and logits.shape[-1] != self.num_classes:
+            raise ValueError(f"expected logits with {self.num_classes} classes, got {logits.shape[-1]}")
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
+
+
+def pairwise_euclidean(x: Tensor) -> Tensor:
+    """``(B, D) -> (B, B)`` Euclidean distances; clamped before the sqrt so gradients stay finite."""
+    sq = x.pow(2).sum(dim=1, keepdim=True)
+    d2 = sq + sq.t() - 2.0 * (x @ x.t())
+    return d2.clamp_min(1e-12).sqrt()
+
+
+class TripletLoss(nn.Module):
+    """Batch-hard triplet loss (Hermans et al. 2017) with a hinge ``margin``.
+
+    For each anchor, the farthest same-identity sample and the nearest other-identity sample in the
+    batch give ``relu(d(a, p) - d(a, n) + margin)``; the mean is over anchors that have a negative.
+    An anchor without another positive uses itself (distance ~0).
+    """
+
+    def __init__(self, margin: float = 0.3) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, features: Tensor, targets: Tensor) -> Tensor:
+        dist = pairwise_euclidean(features.float())
+        same = targets.unsqueeze(0) == targets.unsqueeze(1)
+        d_ap = dist.masked_fill(~same, float("-inf")).amax(dim=1)
+        d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
+        valid = torch.isfinite(d_an)
+        if not bool(valid.any()):
+            return features.sum() * 0.0  # one identity in the batch: no triplet, keep the graph
+        return F.relu(d_ap[valid] - d_an[valid] + self.margin).mean()
+
+
+class ReIDLoss(nn.Module):
+    """``ce_weight * mean_b CE(logits_b) + triplet_weight * mean_b Triplet(features_b)``.
+
+    ``outputs`` is the model's training output ``{"logits": [per branch], "features": [per branch]}``
+    (a bare logits tensor or list is accepted too). Branch losses are averaged, so the weights do
+    not depend on the number of branches. Returns ``(total, parts)`` with detached parts for logging.
+    """
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        label_smooth: float = 0.1,
+        triplet_weight: float = 0.0,
+        margin: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.ce_weight = ce_weight
+        self.triplet_weight = triplet_weight
+        self.ce = CrossEntropyLabelSmooth(epsilon=label_smooth)
+        self.triplet = TripletLoss(margin=margin)
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether the model must be built with ``return_features=True``."""
+        return self.triplet_weight > 0
+
+    @staticmethod
+    def _as_list(x: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
+        if x is None:
+            return []
+        return [x] if isinstance(x, Tensor) else list(x)
+
+    def forward(
+        self, outputs: Mapping[str, Sequence[Tensor]] | Tensor | Sequence[Tensor], targets: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if isinstance(outputs, Mapping):
+            logits = self._as_list(outputs.get("logits"))
+            features = self._as_list(outputs.get("features"))
+        else:
+            logits, features = self._as_list(outputs), []
+        parts: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        if self.ce_weight > 0:
+            if not logits:
+                raise ValueError("cross-entropy weight > 0 but the model returned no logits")
+            ce = torch.stack([self.ce(lg, targets) for lg in logits]).mean()
+            parts["ce"] = ce.detach()
+            total = self.ce_weight * ce
+        if self.triplet_weight > 0:
+            if not features:
+                raise ValueError(
+                    "triplet weight > 0 but the model returned no features; build it with return_features=True"
+                )
+            tri = torch.stack([self.triplet(f, targets) for f in features]).mean()
+            parts["triplet"] = tri.detach()
+            total = self.triplet_weight * tri if total is None else total + self.triplet_weight * tri
+        if total is None:
+            raise ValueError("all loss weights are 0")
+        return total, parts

@@ -1,0 +1,74 @@
+"""Optimisers and learning-rate schedules built from :class:`~hareid.config.OptimConfig`.
+
+Schedules are expressed in epochs in the config but are **stepped once per iteration**
+(``scheduler.step()`` after every optimiser step): a linear warmup rises smoothly over
+``warmup_epochs * iters_per_epoch`` iterations, cosine decays smoothly, and step/multistep decays
+land exactly on epoch boundaries. Step/multistep milestones are absolute epochs (warmup included); ``step`` decays at every multiple
+of ``step_size`` after the warmup.
+Only ``torch.optim.lr_scheduler`` classes are used, so their ``state_dict`` resumes exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler as lrs
+
+from hareid.config import OptimConfig
+from hareid.errors import ConfigError
+
+__all__ = ["build_optimizer", "build_scheduler", "current_lr"]
+
+
+def build_optimizer(params: nn.Module | Iterable[torch.Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, AMSGrad (Adam with ``amsgrad=True``) or SGD with momentum over trainable parameters."""
+    if isinstance(params, nn.Module):
+        params = [p for p in params.parameters() if p.requires_grad]
+    if cfg.name in ("adam", "amsgrad"):
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay,
+            amsgrad=cfg.name == "amsgrad",
+        )
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+        )
+    raise ConfigError(f"optim.name: unknown optimiser {cfg.name!r}; use adam, amsgrad or sgd")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, iters_per_epoch: int
+) -> lrs.LRScheduler:
+    """The per-iteration schedule for ``epochs`` epochs of ``iters_per_epoch`` iterations."""
+    if iters_per_epoch <= 0:
+        raise ConfigError("the training loader is empty: no iterations per epoch")
+    ipe, warm = iters_per_epoch, cfg.warmup_epochs
+    if cfg.scheduler == "none":
+        main: lrs.LRScheduler = lrs.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif cfg.scheduler in ("step", "multistep"):
+        if cfg.scheduler == "step":
+            milestones = [m for m in range(cfg.step_size, epochs, cfg.step_size) if m > warm]
+        else:
+            milestones = list(cfg.milestones)
+        early = [m for m in milestones if m <= warm]
+        if early:
+            raise ConfigError(
+                f"optim.milestones {early} fall inside the {warm} warmup epochs; use epochs > warmup_epochs"
+            )
+        main = lrs.MultiStepLR(optimizer, milestones=[(m - warm) * ipe for m in milestones], gamma=cfg.gamma)
+    elif cfg.scheduler == "cosine":
+        main = lrs.CosineAnnealingLR(optimizer, T_max=max(1, (epochs - warm) * ipe), eta_min=cfg.min_lr)
+    else:
+        raise ConfigError(f"optim.scheduler: unknown schedule {cfg.scheduler!r}")
+    if warm <= 0:
+        return main
+    warmup = lrs.LinearLR(optimizer, start_factor=cfg.warmup_factor, end_factor=1.0, total_iters=warm * ipe)
+    return lrs.SequentialLR(optimizer, schedulers=[warmup, main], milestones=[warm * ipe])
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the first parameter group."""
+    return float(optimizer.param_groups[0]["lr"])
