@@ -24,7 +24,7 @@ def make_run(root: Path) -> Path:
     """A fake run folder as the engine writes it (no checkpoint)."""
     run = root / "run_<demo>"
     run.mkdir(parents=True)
-    cfg = {"data": {"name": "synthetic", "root": "/nowhere", "height": 64, "width": 32},
+    cfg = {"data": {"name": "market1501", "root": "/nowhere", "height": 64, "width": 32},
            "model": {"name": "hacnn", "note": "<script>alert(1)</script>"},
            "optim": {"lr": 3e-4}, "output_dir": str(run)}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
