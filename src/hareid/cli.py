@@ -41,9 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         *args.overrides,
     ]
     cfg = load_config(args.config, overrides)
-    result = Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    result = trainer.fit()
     run_dir = Path(cfg.output_dir)
-    report = write_report(run_dir)
+    report = write_report(run_dir, eval_result=trainer.last_result)
     _print_summary(result, run_dir, report)
     return 0
 

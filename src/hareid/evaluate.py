@@ -61,16 +61,26 @@ def extract_features(
     amp: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "features",
+    fuse: bool = True,
 ) -> FeatureSet:
     """Embed every batch ``(images, pids, camids, paths)`` of ``loader`` with ``model.eval()``.
 
     Runs on the model's device; ``autocast_dtype`` (alias ``amp``), e.g. ``torch.bfloat16``, enables
     autocast. ``flip``: mean of the image's and its mirror's embeddings (see module doc). Each image
     is embedded independently of its batch (eval mode), so results do not depend on batch size.
+    ``fuse``: embed with a BatchNorm-folded copy (:func:`hareid.export.fuse_for_inference`), same
+    output to ~1e-6 and ~1.5x faster on CPU; the model itself is not modified.
     """
     dtype = autocast_dtype if autocast_dtype is not None else amp
     was_training = model.training
     model.eval()
+    net = model
+    if fuse:
+        from hareid.export import fuse_for_inference
+
+        base = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+        base = getattr(base, "module", base)  # DistributedDataParallel wrapper
+        net = fuse_for_inference(base)
     device = _model_device(model)
     ctx = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None
            else nullcontext())
@@ -84,9 +94,9 @@ def extract_features(
             images, b_pids, b_camids, b_paths = batch[:4]
             x = images.to(device, non_blocking=True)  # (B, 3, H, W)
             with ctx:
-                emb = model(x).float()  # (B, D)
+                emb = net(x).float()  # (B, D)
                 if flip:
-                    emb = (emb + model(torch.flip(x, dims=[3])).float()) / 2
+                    emb = (emb + net(torch.flip(x, dims=[3])).float()) / 2
             feats.append(emb.cpu())
             pids += _to_list(b_pids)
             camids += _to_list(b_camids)
