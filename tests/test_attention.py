@@ -19,7 +19,7 @@ from hareid.attention import (
     translations_to_boxes,
     translations_to_theta,
 )
-from hareid.blocks import ConvBlock, InceptionA, InceptionB
+from hareid.blocks import AvgPool3x3, ConvBlock, InceptionA, InceptionB, channels_last_grad
 
 
 def _identity_bn(block: ConvBlock) -> None:
@@ -151,6 +151,29 @@ def test_batched_sampling_equals_per_region_loop(mode: str, channels_last: bool)
         torch.testing.assert_close(out.view(2, 4, 6, 5, 6)[:, r], ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["direct", "peer"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_sampling_gradients_equal_per_region_loop(mode: str, channels_last: bool) -> None:
+    """The re-layout (and its gradient-layout helpers) change no gradient value, for x and theta."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 6, 11, 7).contiguous(memory_format=fmt).requires_grad_()
+    t = (torch.rand(2, 4, 2) * 1.6 - 0.8).requires_grad_()
+    g = torch.randn(8, 6, 5, 6)
+    gx, gt = torch.autograd.grad(sample_regions(x, translations_to_theta(t), (5, 6), mode=mode), (x, t), g)
+    assert gx.is_contiguous(memory_format=fmt)  # the gradient comes back in x's own layout
+    theta = translations_to_theta(t)
+    refs = []
+    for r in range(4):
+        size = [2, 6, 5, 6] if mode == "direct" else list(x.shape)
+        ref = F.grid_sample(x, F.affine_grid(theta[:, r], size, align_corners=False), align_corners=False)
+        if mode == "peer":
+            ref = F.interpolate(ref, size=(5, 6), mode="bilinear", align_corners=True)
+        refs.append(ref)
+    rx, rt = torch.autograd.grad(torch.stack(refs, 1), (x, t), g.view(2, 4, 6, 5, 6))
+    torch.testing.assert_close(gx, rx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gt, rt, atol=1e-5, rtol=1e-5)
+
+
 def test_sample_regions_keeps_dtype_and_rejects_bad_mode() -> None:
     x = torch.randn(1, 2, 8, 8).bfloat16()
     theta = translations_to_theta(torch.zeros(1, 2, 2))
@@ -174,3 +197,54 @@ def test_harm_attn_on_any_feature_map() -> None:
 def test_inception_shapes(block, factor: int, size: tuple[int, int]) -> None:
     out = block(16, 64)(torch.randn(2, 16, *size))
     assert out.shape == (2, 64, math.ceil(size[0] / factor), math.ceil(size[1] / factor))
+
+
+@pytest.mark.parametrize("size", [(9, 5), (10, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_avg_pool3x3_equals_avg_pool2d(size: tuple[int, int], channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 5, *size).contiguous(memory_format=fmt).requires_grad_()
+    out = AvgPool3x3(5)(x)
+    ref = torch.nn.AvgPool2d(3, stride=1, padding=1)(x)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: within bf16 rounding of the fp32 result
+        torch.testing.assert_close(AvgPool3x3(5)(x).float(), ref, atol=0.02, rtol=0.02)
+
+
+def test_conv_block_eval_folds_bn_exactly() -> None:
+    """Eval mode folds BN into the conv (no separate BN pass); values equal conv -> BN -> ReLU."""
+    torch.manual_seed(0)
+    block = ConvBlock(4, 6, 3, s=2, p=1)
+    with torch.no_grad():
+        block.bn.running_mean.uniform_(-0.5, 0.5)
+        block.bn.running_var.uniform_(0.5, 2.0)
+        block.bn.weight.uniform_(-1.5, 1.5)  # negative scales too
+        block.bn.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(3, 4, 9, 7)
+    block.eval()
+    ref = F.relu(block.bn(block.conv(x)))
+    torch.testing.assert_close(block(x), ref, atol=1e-5, rtol=1e-5)
+    xg = x.clone().requires_grad_()  # still differentiable (e.g. gradients w.r.t. the input in eval)
+    block(xg).sum().backward()
+    assert xg.grad is not None and block.bn.weight.grad is not None
+    block.train()
+    out = block(x)  # train mode: batch statistics, not the folded running ones
+    torch.testing.assert_close(out, F.relu(F.batch_norm(block.conv(x), None, None, block.bn.weight, block.bn.bias,
+                                                        training=True)), atol=1e-5, rtol=1e-5)
+    block.bn = torch.nn.Identity()  # what export's BN folding leaves behind
+    torch.testing.assert_close(block.eval()(x), F.relu(block.conv(x)))
+
+
+def test_channels_last_grad_is_identity_with_channels_last_gradient() -> None:
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = channels_last_grad(x)
+    assert torch.equal(y, x)
+    (g,) = torch.autograd.grad(y.mean(dim=(2, 3)).sum(), x)  # mean's own backward gives NCHW
+    assert g.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(g, torch.full_like(x, 1 / 20))
+    with torch.no_grad():
+        assert channels_last_grad(x) is x  # nothing recorded without autograd
+    flat = torch.randn(2, 3, 4, 5, requires_grad=True)
+    assert channels_last_grad(flat) is flat  # NCHW tensors are left alone

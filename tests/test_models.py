@@ -187,6 +187,33 @@ def test_batched_local_branch_equals_per_region_loop_in_eval() -> None:
     torch.testing.assert_close(batched, per, atol=1e-5, rtol=1e-5)
 
 
+def test_train_gradients_stay_channels_last() -> None:
+    """Performance property: every ConvBlock output gets its gradient with channels innermost.
+
+    Means, grid_sample and broadcast products produce NCHW gradients; mixed with the channels_last
+    ones they send ReLU backward and gradient sums down PyTorch's slow strided paths (~20x slower
+    ReLU backward in bf16). ``channels_last_grad`` / the channels_last soft mask prevent that.
+    """
+    from hareid.blocks import ConvBlock
+
+    m = build_model("hacnn", num_classes=3).train()
+    bad: list[str] = []
+
+    def watch(name: str):
+        def hook(module, inputs, out) -> None:
+            if out.requires_grad and out.shape[2] * out.shape[3] > 1 and out.shape[1] > 1:
+                out.register_hook(lambda g: bad.append(f"{name} {tuple(g.stride())}") if g.stride(1) != 1 else None)
+        return hook
+
+    for name, mod in m.named_modules():
+        if isinstance(mod, ConvBlock):
+            mod.register_forward_hook(watch(name))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(2, 3, 96, 48))
+    sum(z.float().sum() for z in out["logits"]).backward()
+    assert not bad, bad
+
+
 def test_follows_input_dtype_bfloat16_model() -> None:
     m = build_model("hacnn", num_classes=3).eval().bfloat16()
     with torch.no_grad():

@@ -2,7 +2,10 @@
 
 * :class:`ConvBlock` - Conv2d (with bias) + BatchNorm2d + ReLU, the unit every other block uses.
 * :class:`InceptionA` - four parallel streams at stride 1, concatenated (output ``C_out`` channels).
+* :class:`AvgPool3x3` - InceptionA's 3x3 average pooling, as a (much faster) depthwise convolution.
 * :class:`InceptionB` - three parallel streams at stride 2, concatenated (output ``C_out`` channels).
+* :func:`channels_last_grad`, :func:`grad_layout` - identity whose backward hands on the gradient in
+  channels_last (or a given) layout.
 
 Every stride-2 layer uses ``kernel 3, padding 1``, so a side ``n`` becomes ``ceil(n / 2)``; all
 streams of an :class:`InceptionB` therefore agree on their output size for odd ``n`` too.
@@ -16,7 +19,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBlock", "InceptionA", "InceptionB", "conv_chain"]
+__all__ = ["AvgPool3x3", "ConvBlock", "InceptionA", "InceptionB", "channels_last_grad", "conv_chain", "grad_layout"]
+
+
+class _GradLayout(torch.autograd.Function):
+    """Identity forward; backward returns the incoming gradient in ``memory_format``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        ctx.memory_format = memory_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.contiguous(memory_format=ctx.memory_format), None
+
+
+def grad_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x`` itself, but gradients flowing back through the result arrive in ``memory_format``.
+
+    A no-op unless ``x`` is a 4-D tensor that needs a gradient (so eval, tracing and export never
+    see the autograd Function). See :func:`channels_last_grad` for why layouts matter.
+    """
+    if (
+        torch.is_grad_enabled()
+        and x.requires_grad
+        and x.dim() == 4
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+    ):
+        return _GradLayout.apply(x, memory_format)
+    return x
+
+
+def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, but gradients flowing back through the result arrive in channels_last layout.
+
+    The backward of spatial/channel means (``x.mean(dim=...)``) and of ``grid_sample`` produces
+    NCHW-contiguous gradients even for a channels_last ``x``. Summed with the channels_last gradients
+    of the convolutions, and fed to ReLU backward, such mixed layouts take PyTorch's slow strided
+    paths (measured on this CPU, bf16: ReLU backward 12 ms instead of 0.5 ms on a 2.6M-element map,
+    a mixed-layout add 2.1 ms instead of 0.4 ms). Wrapping the input of those consumers converts their
+    summed gradient once (one copy). A no-op unless ``x`` is channels_last (and see :func:`grad_layout`).
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return grad_layout(x, torch.channels_last)
+    return x
 
 
 class ConvBlock(nn.Module):
@@ -24,6 +72,12 @@ class ConvBlock(nn.Module):
 
     Shapes: ``(B, in_c, H, W) -> (B, out_c, H', W')`` with ``H' = (H + 2p - k) // s + 1``.
     Sub-modules are named ``conv`` and ``bn`` so BN folding for export can find the pairs.
+
+    In eval mode BatchNorm is a fixed per-channel affine map, so the forward folds it into the
+    convolution's weight and bias (``O(weights)`` work per call) instead of making a pass over the
+    output: same result up to float rounding, one memory pass less per block (~10% of a bf16
+    eval forward of HA-CNN on CPU). Train mode, and a ``bn`` already replaced by export's folding
+    (an ``nn.Identity``), run conv -> bn -> ReLU as written.
     """
 
     def __init__(self, in_c: int, out_c: int, k: int = 1, s: int = 1, p: int = 0) -> None:
@@ -32,7 +86,34 @@ class ConvBlock(nn.Module):
         self.bn = nn.BatchNorm2d(out_c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
+        conv, bn = self.conv, self.bn
+        if self.training or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
+            return F.relu(bn(conv(x)), inplace=True)
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)  # (out_c, in_c, k, k)
+        bias = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        return F.relu(conv._conv_forward(x, weight, bias), inplace=True)
+
+
+class AvgPool3x3(nn.Module):
+    """``nn.AvgPool2d(3, stride=1, padding=1)`` (zero padding counted, so always ``sum / 9``) as a
+    depthwise convolution with a ones kernel, then ``* 1/9``: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    Same values (up to float rounding; the kernel of ones is exact in bfloat16, unlike 1/9), but
+    oneDNN's depthwise convolution is ~10x faster than PyTorch's CPU average pooling in bfloat16
+    channels_last, forward and backward (measured: 1.0 vs 10.1 ms fwd+bwd on (32, 32, 80, 32)).
+    The kernel is a non-persistent buffer: state_dicts are unchanged.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("kernel", torch.ones(channels, 1, 3, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        box_sum = F.conv2d(x, self.kernel.to(x.dtype), None, 1, 1, 1, x.shape[1])  # (B, C, H, W)
+        return box_sum.mul_(1.0 / 9.0)  # in place: the conv saves only its input for backward
 
 
 def conv_chain(in_c: int, layers: Sequence[tuple[int, int, int]]) -> nn.Sequential:
@@ -64,7 +145,7 @@ class InceptionA(_Streams):
         super().__init__()
         m = out_c // 4
         streams: list[nn.Module] = [conv_chain(in_c, [(m, 1, 1), (m, 3, 1)]) for _ in range(3)]
-        streams.append(nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), ConvBlock(in_c, m, 1)))
+        streams.append(nn.Sequential(AvgPool3x3(in_c), ConvBlock(in_c, m, 1)))
         self.streams = nn.ModuleList(streams)
 
 

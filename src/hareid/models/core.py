@@ -23,6 +23,12 @@ differs by 1% (relative L2) with pooled statistics and by 74% (60-88% per region
 statistics. ``tests/test_models.py`` checks that batching changes nothing else (eval mode equals a
 per-region loop).
 
+Memory layout (``channels_last=True``, the default): the input is made channels_last once and every
+conv/pool keeps it. Ops whose backward returns NCHW gradients (means, ``grid_sample``) are wrapped
+with :func:`hareid.blocks.channels_last_grad`, and the soft mask is built channels_last, so no ReLU
+backward or gradient sum sees mixed layouts (PyTorch's strided fallback for those is ~5-20x slower;
+``tests/test_models.py::test_train_gradients_stay_channels_last`` guards this).
+
 Output contract (docs/architecture.md): ``train()`` -> ``{"logits": [global, local], "features":
 [global, local]}`` (features only with ``return_features=True``); ``eval()`` -> float32 embedding
 ``(B, embed_dim)``: each branch L2-normalised, concatenated.
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hareid.attention import HarmAttn, sample_regions, stripe_centres, translations_to_theta
+from hareid.blocks import channels_last_grad
 
 __all__ = ["REGION_SAMPLING_MODES", "HarmNet", "halve"]
 
@@ -216,10 +223,10 @@ class HarmNet(nn.Module):
                     local = regions if local is None else local + regions
                 local = self.local[s](local)  # (B*T, C_s, h_{s+1}, w_{s+1})
             src = y * mask if mask is not None else y  # attended output = input of the next stage
-        g = self.fc_global(src.mean(dim=(2, 3)))  # (B, D)
+        g = self.fc_global(channels_last_grad(src).mean(dim=(2, 3)))  # (B, D); mean's grad is NCHW
         if not self.local_branch:
             return g, None
-        pooled = local.mean(dim=(2, 3)).reshape(b, -1)  # (B*T, C3) -> (B, T*C3), image-major
+        pooled = channels_last_grad(local).mean(dim=(2, 3)).reshape(b, -1)  # (B*T, C3) -> (B, T*C3), image-major
         return g, self.fc_local(pooled)  # (B, D), (B, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, list[torch.Tensor]]:
