@@ -55,3 +55,14 @@ def test_ablation_table_mean_and_sample_std():
     table = format_ablation(rows)
     assert "| full | 2 | 60.0 ± 14.1 | 40.0 ± 14.1 |" in table
     assert set(VARIANTS) == {"none", "soft", "hard", "full", "no_cross"}
+
+
+def test_constant_soft_map_scores_as_uniform():
+    h, w = 6, 4
+    mask = torch.zeros(1, h, w)
+    mask[:, :2] = 1
+    soft = torch.full((1, 1, h, w), 0.5)
+    t = torch.tensor([[[0.0, -0.5], [0.0, 0.5]]])
+    res = score_model(_Known(soft, t), torch.zeros(1, 3, h, w), mask, [{"head": torch.zeros(4)}])
+    assert res["soft"]["stage1"]["contrast_lift"] == pytest.approx(1.0)
+    assert res["soft"]["stage1"]["lift"] == pytest.approx(1.0)

@@ -8,7 +8,7 @@ parts (``annotations.json``, see :mod:`hareid.data.synthetic`). From those:
   mask's share of the image (``mask_share``, what a uniform map would score); ``lift = mass_in /
   mask_share`` (> 1: attention concentrates on the person). Soft masks are sigmoids that rarely reach 0,
   so we also score the *contrast* map ``a - min(a)`` per image, which shows where the
-  mass above the floor goes.
+  mass above the floor goes (a constant map scores as uniform, lift 1).
 * **hard-attention regions** (per stage that predicts them): ``person_cover`` = share of the
   person's mask inside the union of the T regions; ``on_person`` = share of region pixels on the
   person; and per region index, the body part with the best IoU and that IoU (mean over images).
@@ -102,6 +102,8 @@ def score_model(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     for s, chunks in sorted(soft_acc.items()):
         a = torch.cat(chunks)  # (N, H, W)
         contrast = a - a.flatten(1).min(1).values[:, None, None]
+        flat = contrast.flatten(1).sum(1) <= 0  # a constant map has no contrast: score it as uniform
+        contrast[flat] = 1.0
         mass = lambda m: ((m * masks).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1e-12))  # noqa: E731
         mass_in, mass_c = mass(a), mass(contrast)
         result["soft"][f"stage{s + 1}"] = {
