@@ -57,7 +57,7 @@ def run_ablation(
     """Train each variant for each seed (skipping pairs already in ``results.jsonl``); return the table."""
     from hareid import CACHE_DIR
     from hareid.config import load_config
-    from hareid.data.synthetic import write_synthetic
+    from hareid.data.synthetic import _is_complete, write_synthetic
     from hareid.engine import Trainer
 
     names = list(variants or VARIANTS)
@@ -69,7 +69,8 @@ def run_ablation(
     results = output / "results.jsonl"
     done = _done(results)
     root = Path(data_root or CACHE_DIR / "synthetic")
-    write_synthetic(root)
+    if data_root is None or not _is_complete(root, None):  # an explicit complete tree is used as is
+        write_synthetic(root)
     for seed in seeds:
         for name in names:
             if (name, seed) in done:

@@ -1,12 +1,12 @@
 """The Python API for people who embed hareid.
 
 ```python
-from hareid.api import load_model, embed, build_index_from_images
+from hareid.api import build_index_from_images, embed, load_model
 
-model, info = load_model("runs/demo/checkpoints/best.pt")   # any hareid or torchreid HACNN checkpoint
-emb = embed(model, ["a.jpg", "b.jpg"], info)                 # (2, 1024) L2-normalised per branch
-index = build_index_from_images(model, gallery_paths, info)  # FAISS, exact inner product
-hits = index.search(emb, k=5)                                # paths + scores per query
+model, info = load_model("runs/demo/checkpoints/best.pt")    # hareid or torchreid HACNN checkpoint
+emb = embed(model, ["a.jpg", "b.jpg"], info)                  # (2, 1024) float32, L2-normalised per branch
+index = build_index_from_images(model, gallery_paths, info)  # FAISS, exact inner product (cosine)
+hits = index.search(emb, k=5)                                # per query: paths, scores, pids, camids
 ```
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "build_index_from_images",
     "embed",
     "evaluate_checkpoint",
+    "list_images",
     "load_images",
     "load_model",
     "search_images",
@@ -40,16 +41,18 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
     """Rebuild the network of a checkpoint and load its weights; returns ``(model.eval(), info)``.
 
     Reads hareid checkpoints (``ckpt["model"]`` holds the build arguments) and torchreid HACNN
-    checkpoints (recognised by their keys). ``info`` has ``height``, ``width``, ``mean``, ``std``,
-    ``model`` (build kwargs) and the checkpoint's ``config`` when present. Never unpickles code.
+    checkpoints (recognised by their keys). ``info`` has ``height``, ``width`` (the training input
+    size), ``model`` (build kwargs), ``config`` (the run's config, ``{}`` if none) and ``path``.
+    Never unpickles code. Raises :class:`~hareid.errors.CheckpointError` for a missing, corrupt or
+    foreign file.
     """
     from hareid.checkpoint import load_checkpoint, strip_prefix
     from hareid.models import build_model
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    config = ckpt.get("config") or {}
-    data_cfg = config.get("data", {}) if isinstance(config, dict) else {}
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
     info: dict[str, Any] = {
         "height": int(data_cfg.get("height", 160)),
         "width": int(data_cfg.get("width", 64)),
@@ -59,9 +62,16 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
     spec = ckpt.get("model")
     if isinstance(spec, dict) and "name" in spec:
         kwargs = dict(spec)
-        model = build_model(kwargs.pop("name"), **kwargs)
-        state = strip_prefix(ckpt.get("state_dict", {}))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            model = build_model(kwargs.pop("name"), **kwargs)
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: cannot rebuild model {spec['name']!r} "
+                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                  "was it saved by another hareid version?") from e
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: no 'state_dict' entry; not a hareid checkpoint")
+        missing, unexpected = model.load_state_dict(strip_prefix(state), strict=False)
         if missing or unexpected:
             raise CheckpointError(
                 f"{path}: weights do not fit model {spec['name']!r} (missing {list(missing)[:3]}, "
@@ -71,7 +81,11 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
     else:
         from hareid.torchreid_compat import load_torchreid_hacnn
 
-        model = load_torchreid_hacnn(ckpt)
+        try:
+            model = load_torchreid_hacnn(ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: neither a hareid checkpoint (no 'model' entry) nor a "
+                                  f"torchreid HACNN checkpoint ({e})") from e
         info["model"] = {"name": "hacnn", "source": "torchreid"}
     if device is not None:
         model = model.to(device)
@@ -85,7 +99,7 @@ def _eval_transform(height: int, width: int):
 
 
 def load_images(paths: Sequence[PathLike], height: int, width: int) -> torch.Tensor:
-    """Decode, resize and normalise image files into a ``(N, 3, height, width)`` batch."""
+    """Decode, resize and ImageNet-normalise image files into a ``(N, 3, height, width)`` batch."""
     from hareid.data.loader import read_image
 
     tf = _eval_transform(height, width)
@@ -94,7 +108,18 @@ def load_images(paths: Sequence[PathLike], height: int, width: int) -> torch.Ten
         if not Path(p).is_file():
             raise DataError(f"{p}: image not found; pass existing image files")
         out.append(tf(read_image(str(p))))
+    if not out:
+        raise DataError("no images given")
     return torch.stack(out)
+
+
+def list_images(folder: PathLike) -> list[str]:
+    """Every image file (jpg, jpeg, png, bmp) under ``folder``, recursively, sorted."""
+    from hareid.data.datasets import IMAGE_EXTENSIONS
+
+    root = Path(folder)
+    return sorted(str(p) for p in root.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
 @torch.inference_mode()
@@ -105,8 +130,17 @@ def embed(
     batch_size: int = 64,
     flip: bool = False,
 ) -> torch.Tensor:
-    """Embeddings ``(N, D)`` float32 on the CPU for an image batch tensor or a list of image files."""
+    """Embeddings ``(N, D)`` float32 on the CPU.
+
+    ``images``: a normalised batch tensor ``(N, 3, H, W)`` (as :func:`load_images` returns) or a
+    list of image files, resized to ``info["height"] x info["width"]`` (default 160x64).
+    ``flip``: average with the horizontally mirrored image (flip test-time augmentation).
+    """
     info = info or {"height": 160, "width": 64}
+    if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
+        raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(images.shape)}")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
     model.eval()
     device = next(model.parameters()).device
     feats = []
@@ -125,6 +159,8 @@ def embed(
 def _dataset(root: PathLike, name: str | None):
     from hareid.data import build_dataset, detect_dataset
 
+    if not Path(root).exists():
+        raise DataError(f"{root}: dataset folder not found; pass the folder that holds the dataset")
     name = name or detect_dataset(root)
     if name is None:
         raise DataError(f"{root}: no known dataset layout found; pass --dataset NAME "
@@ -161,9 +197,11 @@ def evaluate_checkpoint(
 def build_index_from_images(model: nn.Module, paths: Sequence[PathLike], info: dict,
                             pids: Sequence[int] | None = None, camids: Sequence[int] | None = None,
                             ivf: int = 0):
-    """Embed ``paths`` and put them in a :class:`hareid.index.GalleryIndex` (exact, or IVF)."""
+    """Embed ``paths`` and put them in a :class:`hareid.index.GalleryIndex` (exact, or IVF lists)."""
     from hareid.index import GalleryIndex
 
+    if not paths:
+        raise DataError("no gallery images to index")
     feats = embed(model, list(paths), info)
     index = GalleryIndex(feats.shape[1], kind="ivf" if ivf else "flat", nlist=ivf or 1)
     index.add(feats, [str(p) for p in paths],
@@ -174,8 +212,15 @@ def build_index_from_images(model: nn.Module, paths: Sequence[PathLike], info: d
 
 def build_gallery_index(checkpoint: PathLike, root: PathLike, dataset: str | None = None,
                         split: str = "gallery", ivf: int = 0):
-    """Index one split of a dataset (``hareid index``)."""
+    """Index one split of a dataset, or every image under a plain folder (``hareid index``)."""
+    from hareid.data import detect_dataset
+
     model, info = load_model(checkpoint)
+    if dataset is None and Path(root).is_dir() and detect_dataset(root) is None:
+        paths = list_images(root)
+        if not paths:
+            raise DataError(f"{root}: neither a known dataset layout nor a folder with images")
+        return build_index_from_images(model, paths, info, ivf=ivf)
     records = getattr(_dataset(root, dataset), split)
     return build_index_from_images(model, [r.path for r in records], info,
                                    [r.pid for r in records], [r.camid for r in records], ivf)
@@ -183,11 +228,14 @@ def build_gallery_index(checkpoint: PathLike, root: PathLike, dataset: str | Non
 
 def search_images(checkpoint: PathLike, index_dir: PathLike, images: Sequence[PathLike],
                   k: int = 10) -> Iterator[tuple[str, list[tuple[str, float]]]]:
-    """For each query image: its top-k ``(gallery path, similarity)`` from a saved index."""
+    """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index."""
     from hareid.index import GalleryIndex
 
     model, info = load_model(checkpoint)
     index = GalleryIndex.load(index_dir)
     feats = embed(model, list(images), info)
+    if feats.shape[1] != index.dim:
+        raise DataError(f"{index_dir}: index holds {index.dim}-d embeddings but {checkpoint} gives "
+                        f"{feats.shape[1]}-d; search with the checkpoint the index was built with")
     for path, res in zip(images, index.search(feats, k)):
         yield str(path), [(p, float(s)) for p, s in zip(res.paths, res.scores)]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,10 +74,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e)
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: cannot be loaded safely (weights_only): it pickles {unsafe.group(1)}; "
+                "re-save it as a plain state_dict or .safetensors"
+            ) from e
         raise CheckpointError(
-            f"{path}: cannot be loaded safely (weights_only) - {first}; "
-            "re-save it as a plain state_dict or .safetensors"
+            f"{path}: not a readable checkpoint (corrupt, truncated, another format, or objects a "
+            "safe weights_only load refuses); pass a .pt/.pth/.safetensors file of tensors"
         ) from e
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)

@@ -1,8 +1,8 @@
-"""The ``hareid`` command: ``hareid demo|train|eval|visualize|report|export|index|search|datasets|...``.
+"""The ``hareid`` command: ``hareid demo|train|eval|report|visualize|export|index|search|...``.
 
-Every sub-command is a small function over the library; errors a user can fix end in one line and a
-non-zero exit (``--debug`` shows the traceback). Heavy imports happen inside the commands so that
-``hareid --help`` is instant.
+Every sub-command is a small function over the library. Errors a user can fix end in one line on
+stderr and exit code 2 (``--debug`` prints the traceback too). Heavy imports happen inside the
+commands so that ``hareid --help`` is instant.
 """
 
 from __future__ import annotations
@@ -11,124 +11,168 @@ import argparse
 import errno
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hareid import CACHE_DIR as DEFAULT_CACHE
 from hareid.errors import HareidError
 
-_EPILOG_OVERRIDES = "Overrides are dotted config keys, e.g.  train.epochs=3 model.num_regions=2"
+_OVERRIDES = "Overrides are dotted config keys, e.g.  train.epochs=3 data.batch_size=64 model.num_regions=2"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------- #
 # commands
 # ---------------------------------------------------------------------------------------------- #
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Synthetic benchmark -> train HA-CNN -> evaluate -> HTML report, in minutes on a CPU."""
+    """Synthetic benchmark -> train HA-CNN -> evaluate -> HTML report, in minutes on a CPU.
+
+    Writes (or reuses) the synthetic pedestrian benchmark (a complete synthetic tree given with
+    --data-root is used as it is, e.g. one written by `hareid synthetic`), trains the short
+    ``hacnn_synthetic`` recipe, evaluates it and writes RUN/report/index.html. Prints Rank-1 and mAP next to the
+    chance level (1 / number of test identities).
+    """
     from hareid.config import load_config
-    from hareid.data.synthetic import write_synthetic
+    from hareid.data.synthetic import _is_complete, write_synthetic
     from hareid.engine import Trainer
     from hareid.report import write_report
 
     data_root = Path(args.data_root or DEFAULT_CACHE / "synthetic")
-    print(f"[hareid] synthetic benchmark -> {data_root}")
-    write_synthetic(data_root, seed=args.seed)
-    overrides = [
-        "data.name=synthetic",
-        f"data.root={data_root}",
-        f"output_dir={args.output}",
-        f"train.seed={args.seed}",
-        *args.overrides,
-    ]
+    if args.data_root and _is_complete(data_root, None):  # an explicit, complete tree: reuse as is
+        print(f"[hareid] synthetic benchmark (reused) -> {data_root}")
+    else:
+        print(f"[hareid] synthetic benchmark -> {data_root}")
+        write_synthetic(data_root, seed=args.seed)
+    overrides = ["data.name=synthetic", f"data.root={data_root}", f"output_dir={args.output}",
+                 f"train.seed={args.seed}", *args.overrides]
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg)
     result = trainer.fit()
     run_dir = Path(cfg.output_dir)
     report = write_report(run_dir, eval_result=trainer.last_result)
-    _print_summary(result, run_dir, report)
+    _print_summary(result, run_dir, report, _num_test_ids(trainer.dataset))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train from a config file (or a shipped recipe name) with dotted overrides."""
+    """Train from a YAML config file or a shipped recipe, with dotted overrides.
+
+    The run folder (output_dir) receives config.yaml (the resolved config), metrics.jsonl,
+    checkpoints/last.pt and best.pt, and eval.json. Shipped recipes: hacnn_synthetic,
+    hacnn_market1501, hacnn_dukemtmc, hacnn_cuhk03, hacnn_msmt17. Resume with train.resume=auto.
+    """
     from hareid.config import load_config
     from hareid.engine import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    result = Trainer(cfg).fit()
-    _print_summary(result, Path(cfg.output_dir), None)
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    run_dir = Path(cfg.output_dir)
+    _print_summary(result, run_dir, None, _num_test_ids(trainer.dataset))
+    print(f"[hareid] next: hareid report {run_dir}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint on a dataset: metrics table on screen and a JSON file."""
+    """Evaluate a checkpoint on a dataset's query/gallery split: metrics table and a JSON file.
+
+    CMC (Rank-k), mAP and mINP under the chosen protocol (market1501 = torchreid's rules,
+    market1501_official = the Market-1501 MATLAB devkit, cuhk03 = single-gallery-shot). The
+    dataset layout is detected from ROOT unless --dataset is given.
+    """
     from hareid.api import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint,
-        dataset=args.dataset,
-        root=args.root,
-        flip=args.flip,
-        rerank=args.rerank,
-        metric=args.metric,
-        protocol=args.protocol,
-        batch_size=args.batch_size,
+        args.checkpoint, args.root, dataset=args.dataset, flip=args.flip, rerank=args.rerank,
+        metric=args.metric, protocol=args.protocol, batch_size=args.batch_size,
+        workers=args.workers,
     )
     print(result.table())
-    out = Path(args.json or Path(args.checkpoint).with_suffix(".eval.json"))
-    out.write_text(json.dumps(result.to_dict(), indent=2))
+    out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "root": str(args.root),
+                               "protocol": args.protocol, **result.to_dict()}, indent=2))
     print(f"[hareid] metrics written to {out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the self-contained HTML report of a run folder."""
+    """Write the self-contained HTML report of a run folder (RUN/report/index.html).
+
+    Metrics, training curves, CMC, attention overlays and ranked lists; images are inlined, so
+    the file can be mailed or opened offline.
+    """
     from hareid.report import write_report
 
-    path = write_report(Path(args.run_dir))
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise HareidError(f"{run}: run folder not found; pass the output_dir of `hareid train`")
+    if not any((run / f).exists() for f in ("config.yaml", "metrics.jsonl", "eval.json", "checkpoints")):
+        raise HareidError(f"{run}: not a hareid run folder (no config.yaml, metrics.jsonl, eval.json "
+                          "or checkpoints/); pass the output_dir of `hareid train`")
+    path = write_report(run, out_dir=args.out, num_attention_images=args.num_images)
     print(f"[hareid] report: {path}")
     return 0
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    """Draw soft-attention heatmaps and hard-attention regions for some images."""
+    """Draw soft-attention heatmaps and hard-attention regions per stage for some images.
+
+    One row per image: the input, the soft attention of each stage, and each stage's hard
+    regions as boxes. Without IMAGES, query images of the checkpoint's own dataset are used.
+    """
     from hareid.api import load_images, load_model
     from hareid.visualize import plot_attention
 
     model, info = load_model(args.checkpoint)
-    images = load_images(args.images, info["height"], info["width"])
+    paths = list(args.images) or _dataset_images(info, args.num_images)
+    images = load_images(paths, info["height"], info["width"])
     out = plot_attention(model, images, Path(args.out))
-    print(f"[hareid] attention picture: {out}")
+    print(f"[hareid] attention picture ({len(paths)} images): {out}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to ONNX or TorchScript and check it against the eager model."""
+    """Export a checkpoint to ONNX or TorchScript and check it against the eager model.
+
+    The exported file is run on a random batch and compared with the eager PyTorch model; the
+    maximum absolute difference of the embeddings is printed (the export fails above 1e-4).
+    """
     from hareid.api import load_model
     from hareid.export import export_model
 
     model, info = load_model(args.checkpoint)
     h, w = args.height or info["height"], args.width or info["width"]
-    out = Path(args.out or Path(args.checkpoint).with_suffix(".onnx" if args.format == "onnx" else ".ts"))
+    suffix = ".onnx" if args.format == "onnx" else ".ts"
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
     report = export_model(model, out, fmt=args.format, height=h, width=w, opset=args.opset)
-    print(f"[hareid] exported {args.format} -> {out}; max |export - eager| = {report['max_abs_diff']:.2e}")
+    print(f"[hareid] exported {args.format} -> {out} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
+    print(f"[hareid] max |export - eager| = {report['max_abs_diff']:.2e}")
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """Embed a gallery and save a FAISS index with its metadata."""
+    """Embed a gallery and save a FAISS index (inner product on L2-normalised embeddings).
+
+    ROOT is a dataset (its --split is indexed) or any folder of images (indexed recursively).
+    Needs faiss: pip install 'hareid[faiss]'.
+    """
     from hareid.api import build_gallery_index
 
-    index = build_gallery_index(
-        args.checkpoint, args.root, dataset=args.dataset, split=args.split, ivf=args.ivf
-    )
+    index = build_gallery_index(args.checkpoint, args.root, dataset=args.dataset, split=args.split,
+                                ivf=args.ivf)
     index.save(Path(args.out))
-    print(f"[hareid] index of {len(index)} images -> {args.out}")
+    print(f"[hareid] index of {len(index)} images ({index.dim}-d, {index.kind}) -> {args.out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Query images -> top-k gallery matches from a saved index."""
+    """Query images -> top-k gallery matches (rank, cosine similarity, path) from a saved index."""
     from hareid.api import search_images
 
     for query, hits in search_images(args.checkpoint, args.index, args.images, k=args.k):
@@ -139,161 +183,284 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    """Recognise and check a dataset folder, print its statistics table."""
-    from hareid.data import build_dataset, detect_dataset
+    """Recognise and check a dataset folder, print its statistics table.
 
-    name = args.dataset or detect_dataset(args.root)
+    Layouts: Market-1501, DukeMTMC-reID, CUHK03, MSMT17, hareid's synthetic set, a folder tree
+    ROOT/{train,query,gallery}/<identity>/<camera>_<name>.jpg, or a CSV manifest.
+    """
+    from hareid.data import build_dataset, check_images, detect_dataset
+
+    root = Path(args.root)
+    if not root.exists():
+        raise HareidError(f"{root}: no such folder; pass the folder that holds the dataset")
+    name = args.dataset or detect_dataset(root)
     if name is None:
         raise HareidError(
-            f"{args.root}: not a recognised dataset layout (Market-1501, DukeMTMC-reID, CUHK03, MSMT17, "
-            "folder, csv); pass --dataset NAME or see `hareid datasets --help`"
+            f"{root}: not a recognised dataset layout (Market-1501, DukeMTMC-reID, CUHK03, MSMT17, "
+            "synthetic, folder, csv); pass --dataset NAME or see `hareid datasets --help`"
         )
-    ds = build_dataset(name, args.root)
+    ds = build_dataset(name, root, verbose=False)
+    print(f"layout: {name}" + ("" if args.dataset else " (detected)"))
     print(ds.summary())
+    if args.verify_images:
+        check_images(ds.train + ds.query + ds.gallery)
+        print(f"[hareid] all {len(ds.train) + len(ds.query) + len(ds.gallery)} images decode")
     return 0
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
-    """Write the built-in synthetic pedestrian benchmark (Market-1501 layout)."""
-    from hareid.data.synthetic import write_synthetic
+    """Write the built-in synthetic pedestrian benchmark (Market-1501 layout, masks, part boxes).
+
+    Deterministic from --seed; an existing complete tree with the same parameters is reused.
+    """
+    from hareid.data.synthetic import load_synthetic, save_sample_grid, write_synthetic
 
     root = write_synthetic(
-        Path(args.root),
-        seed=args.seed,
-        num_train_ids=args.train_ids,
-        num_test_ids=args.test_ids,
-        images_per_id=args.images_per_id,
+        Path(args.root), seed=args.seed, num_train_ids=args.train_ids, num_test_ids=args.test_ids,
+        images_per_id=args.images_per_id, num_cams=args.num_cams, height=args.height,
+        width=args.width, progress=not args.quiet,
     )
+    print(load_synthetic(root).summary())
     print(f"[hareid] synthetic benchmark at {root}")
+    if args.grid:
+        print(f"[hareid] sample grid: {save_sample_grid(root, args.grid)}")
     return 0
 
 
 def cmd_attention_score(args: argparse.Namespace) -> int:
-    """How much soft attention lands on the person, and how hard regions cover body parts."""
+    """Score attention against the synthetic set's ground truth: trained vs untrained model.
+
+    Soft attention: share of the attention mass on the person's mask (lift > 1 = concentrated on
+    the person). Hard attention: how the regions cover the person and which body part each
+    region matches best. Needs a run trained on the synthetic benchmark; writes
+    RUN/attention_score.json.
+    """
     from hareid.attention_score import score_run
 
-    table = score_run(Path(args.run_dir), num_images=args.num_images)
+    run = Path(args.run_dir)
+    table = score_run(run, num_images=args.num_images)
     print(table)
+    print(f"[hareid] scores written to {run / 'attention_score.json'}")
     return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """Train the attention variants with the same budget and seeds; print mean +- spread."""
-    from hareid.ablation import run_ablation
+    """Train attention variants with the same recipe, budget and seeds; print mean +- std.
 
-    table = run_ablation(
-        Path(args.output), seeds=args.seeds, variants=args.variants, overrides=args.overrides,
-        data_root=args.data_root,
-    )
+    Variants: none, soft, hard, full, no_cross (see hareid.ablation). Results are appended to
+    OUTPUT/results.jsonl as they finish, so an interrupted ablation resumes where it stopped.
+    """
+    from hareid.ablation import VARIANTS, run_ablation
+    from hareid.errors import ConfigError
+
+    unknown = [v for v in args.variants or () if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown ablation variant(s) {unknown}; choose from {list(VARIANTS)}")
+    table = run_ablation(Path(args.output), seeds=args.seeds, variants=args.variants,
+                         overrides=args.overrides, data_root=args.data_root, config=args.config)
     print(table)
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- #
-# parser
+# helpers
 # ---------------------------------------------------------------------------------------------- #
-def _print_summary(result: dict, run_dir: Path, report: Path | None) -> None:
+def _num_test_ids(dataset: Any) -> int | None:
+    query = getattr(dataset, "query", None)
+    return len({r.pid for r in query}) if query else None
+
+
+def _print_summary(result: dict, run_dir: Path, report: Path | None, num_test_ids: int | None) -> None:
     r1, mAP = result.get("rank1"), result.get("mAP")
     if r1 is not None and mAP is not None:
-        print(f"[hareid] Rank-1 {100 * r1:.1f}%  mAP {100 * mAP:.1f}%")
+        chance = f" (chance {100 / num_test_ids:.1f}% = 1/{num_test_ids} test identities)" if num_test_ids else ""
+        print(f"[hareid] Rank-1 {100 * r1:.1f}%{chance}  mAP {100 * mAP:.1f}%")
     print(f"[hareid] run folder: {run_dir}")
     if report is not None:
         print(f"[hareid] report: {report}")
 
 
+def _dataset_images(info: dict, n: int) -> list[str]:
+    """``n`` query images spread over the checkpoint's own dataset (for ``visualize``)."""
+    from hareid.data import build_dataset
+
+    data = (info.get("config") or {}).get("data") or {}
+    if not data.get("name") or not data.get("root"):
+        raise HareidError(f"{info['path']}: no dataset recorded in the checkpoint; pass image files")
+    query = build_dataset(data["name"], data["root"], verbose=False).query
+    step = max(1, len(query) // max(n, 1))
+    return [r.path for r in query[::step][:n]]
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written; meaningful defaults appended to the help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d is argparse.SUPPRESS or "(default" in text
+                or (action.option_strings == [] and action.nargs in ("*", "+"))):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+_HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
+    "demo": (cmd_demo, ["hareid demo", "hareid demo --output runs/demo2 train.epochs=12"]),
+    "train": (cmd_train, ["hareid train --config hacnn_market1501 data.root=data/market1501",
+                          "hareid train --config my.yaml train.epochs=3 output_dir=runs/try"]),
+    "eval": (cmd_eval, ["hareid eval runs/demo/checkpoints/best.pt data/market1501 --flip",
+                        "hareid eval best.pt data/market1501 --protocol market1501_official --json m.json"]),
+    "report": (cmd_report, ["hareid report runs/demo"]),
+    "visualize": (cmd_visualize, ["hareid visualize runs/demo/checkpoints/best.pt --out attention.png",
+                                  "hareid visualize best.pt a.jpg b.jpg --out attention.png"]),
+    "export": (cmd_export, ["hareid export runs/demo/checkpoints/best.pt --format onnx",
+                            "hareid export best.pt --format torchscript --out model.ts"]),
+    "index": (cmd_index, ["hareid index runs/demo/checkpoints/best.pt data/market1501 --out gallery_index",
+                          "hareid index best.pt photos/ --out photos_index"]),
+    "search": (cmd_search, ["hareid search runs/demo/checkpoints/best.pt gallery_index query.jpg -k 5"]),
+    "datasets": (cmd_datasets, ["hareid datasets data/market1501",
+                                "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
+    "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
+                                  "hareid synthetic data/small --train-ids 20 --test-ids 20 --grid grid.png"]),
+    "attention-score": (cmd_attention_score, ["hareid attention-score runs/demo"]),
+    "ablate": (cmd_ablate, ["hareid ablate --seeds 0 1 2",
+                            "hareid ablate --variants full none --seeds 0 train.epochs=3"]),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    """The ``hareid`` argument parser (one sub-parser per command)."""
     p = argparse.ArgumentParser(
         prog="hareid",
-        description="Harmonious attention (HA-CNN) for person re-identification.",
-        formatter_class=fmt,
+        description="Harmonious attention (HA-CNN) for person re-identification.\n\n"
+                    "Start with `hareid demo`; `hareid COMMAND --help` explains each command.",
+        formatter_class=_Formatter,
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"hareid {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], **kw) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=fn.__doc__.splitlines()[0], description=fn.__doc__,
-                            formatter_class=fmt, **kw)
+    def add(name: str, extra_epilog: str | None = None) -> argparse.ArgumentParser:
+        fn, examples = _HELP[name]
+        doc = (fn.__doc__ or "").strip()
+        epilog = _examples(*examples) + (f"\n\n{extra_epilog}" if extra_epilog else "")
+        sp = sub.add_parser(name, help=doc.splitlines()[0], description=_dedent(doc), epilog=epilog,
+                            formatter_class=_Formatter, parents=[common])
         sp.set_defaults(func=fn)
         return sp
 
-    sp = add("demo", cmd_demo, epilog=_EPILOG_OVERRIDES)
+    sp = add("demo", _OVERRIDES)
     sp.add_argument("--output", default="runs/demo", help="run folder")
-    sp.add_argument("--data-root", default=None, help=f"where the synthetic set is cached (default {DEFAULT_CACHE}/synthetic)")
+    sp.add_argument("--data-root", default=None,
+                    help=f"where the synthetic set is cached (default: {DEFAULT_CACHE}/synthetic, "
+                         "or $HAREID_HOME/synthetic)")
     sp.add_argument("--config", default="hacnn_synthetic", help="recipe name or YAML file")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("overrides", nargs="*", help="dotted config overrides")
+    sp.add_argument("--seed", type=int, default=0, help="data and training seed")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
-    sp = add("train", cmd_train, epilog=_EPILOG_OVERRIDES)
-    sp.add_argument("--config", required=True, help="YAML file or shipped recipe name (e.g. hacnn_market1501)")
-    sp.add_argument("overrides", nargs="*", help="dotted config overrides")
+    sp = add("train", _OVERRIDES)
+    sp.add_argument("--config", required=True,
+                    help="YAML file or shipped recipe name (e.g. hacnn_market1501)")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
-    sp = add("eval", cmd_eval)
+    sp = add("eval")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt) or a torchreid HACNN checkpoint")
     sp.add_argument("root", help="dataset root folder")
     sp.add_argument("--dataset", default=None, help="dataset name (auto-detected when omitted)")
-    sp.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
-    sp.add_argument("--protocol", default="market1501", choices=["market1501", "market1501_official", "cuhk03"])
+    sp.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"],
+                    help="distance between embeddings")
+    sp.add_argument("--protocol", default="market1501",
+                    choices=["market1501", "market1501_official", "cuhk03"], help="evaluation rules")
     sp.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--json", default=None, help="where to write the metrics JSON")
+    sp.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    sp.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    sp.add_argument("--json", default=None,
+                    help="where to write the metrics JSON (default: CHECKPOINT with .eval.json)")
 
-    sp = add("report", cmd_report)
+    sp = add("report")
     sp.add_argument("run_dir", help="a run folder written by `hareid train` or `hareid demo`")
+    sp.add_argument("--out", default=None, help="report folder (default: RUN/report)")
+    sp.add_argument("--num-images", type=int, default=8, help="images in the attention gallery")
 
-    sp = add("visualize", cmd_visualize)
-    sp.add_argument("checkpoint")
-    sp.add_argument("images", nargs="+", help="image files")
-    sp.add_argument("--out", default="attention.png")
+    sp = add("visualize")
+    sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
+    sp.add_argument("images", nargs="*", help="image files (default: query images of the run's dataset)")
+    sp.add_argument("--num-images", type=int, default=4, help="how many dataset images without IMAGES")
+    sp.add_argument("--out", default="attention.png", help="PNG to write")
 
-    sp = add("export", cmd_export)
-    sp.add_argument("checkpoint")
-    sp.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    sp.add_argument("--out", default=None)
-    sp.add_argument("--height", type=int, default=None)
-    sp.add_argument("--width", type=int, default=None)
-    sp.add_argument("--opset", type=int, default=17)
+    sp = add("export")
+    sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
+    sp.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="export format")
+    sp.add_argument("--out", default=None, help="output file (default: CHECKPOINT with .onnx / .ts)")
+    sp.add_argument("--height", type=int, default=None, help="input height (default: the training size)")
+    sp.add_argument("--width", type=int, default=None, help="input width (default: the training size)")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
 
-    sp = add("index", cmd_index)
-    sp.add_argument("checkpoint")
-    sp.add_argument("root", help="dataset root (its gallery split is indexed) or an image folder")
-    sp.add_argument("--dataset", default=None)
+    sp = add("index")
+    sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
+    sp.add_argument("root", help="dataset root (its --split is indexed) or a folder of images")
+    sp.add_argument("--dataset", default=None, help="dataset name (auto-detected when omitted)")
     sp.add_argument("--split", default="gallery", choices=["gallery", "query", "train"])
-    sp.add_argument("--ivf", type=int, default=0, help="IVF lists (0 = exact inner product)")
-    sp.add_argument("--out", required=True, help="index folder")
+    sp.add_argument("--ivf", type=int, default=0, help="IVF lists (0 = exact search)")
+    sp.add_argument("--out", required=True, help="index folder to write")
 
-    sp = add("search", cmd_search)
-    sp.add_argument("checkpoint")
+    sp = add("search")
+    sp.add_argument("checkpoint", help="the checkpoint the index was built with")
     sp.add_argument("index", help="index folder written by `hareid index`")
-    sp.add_argument("images", nargs="+")
-    sp.add_argument("-k", type=int, default=10)
+    sp.add_argument("images", nargs="+", help="query image files")
+    sp.add_argument("-k", type=int, default=10, help="matches per query")
 
-    sp = add("datasets", cmd_datasets)
-    sp.add_argument("root")
+    sp = add("datasets")
+    sp.add_argument("root", help="dataset folder (or a CSV manifest)")
     sp.add_argument("--dataset", default=None, help="force a layout instead of auto-detecting")
+    sp.add_argument("--verify-images", action="store_true", help="also decode every image once")
 
-    sp = add("synthetic", cmd_synthetic)
-    sp.add_argument("root")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--train-ids", type=int, default=100)
-    sp.add_argument("--test-ids", type=int, default=100)
-    sp.add_argument("--images-per-id", type=int, default=20)
+    sp = add("synthetic")
+    sp.add_argument("root", help="folder to write (created; reused when complete)")
+    sp.add_argument("--seed", type=int, default=0, help="generator seed")
+    sp.add_argument("--train-ids", type=int, default=100, help="training identities")
+    sp.add_argument("--test-ids", type=int, default=100, help="test identities (query + gallery)")
+    sp.add_argument("--images-per-id", type=int, default=20, help="images per identity (+-25%%)")
+    sp.add_argument("--num-cams", type=int, default=6, help="cameras")
+    sp.add_argument("--height", type=int, default=160, help="image height")
+    sp.add_argument("--width", type=int, default=64, help="image width")
+    sp.add_argument("--grid", default=None, help="also save a sample grid PNG here")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sp = add("attention-score", cmd_attention_score)
-    sp.add_argument("run_dir")
-    sp.add_argument("--num-images", type=int, default=200)
+    sp = add("attention-score")
+    sp.add_argument("run_dir", help="a run folder trained on the synthetic benchmark")
+    sp.add_argument("--num-images", type=int, default=200, help="test images scored")
 
-    sp = add("ablate", cmd_ablate, epilog=_EPILOG_OVERRIDES)
-    sp.add_argument("--output", default="runs/ablation")
-    sp.add_argument("--data-root", default=None)
-    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sp.add_argument("--variants", nargs="+", default=None, help="subset of variants (default all)")
-    sp.add_argument("overrides", nargs="*")
+    sp = add("ablate", _OVERRIDES)
+    sp.add_argument("--output", default="runs/ablation", help="folder for the runs and the table")
+    sp.add_argument("--data-root", default=None, help="synthetic set cache (as for demo)")
+    sp.add_argument("--config", default="hacnn_synthetic", help="recipe name or YAML file")
+    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per variant")
+    sp.add_argument("--variants", nargs="+", default=None,
+                    help="subset of none soft hard full no_cross (default: all)")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return p
 
 
+def _dedent(doc: str) -> str:
+    import textwrap
+
+    first, _, rest = doc.partition("\n")
+    return first + ("\n" + textwrap.dedent(rest) if rest else "")
+
+
+def _version() -> str:
+    from hareid import __version__
+
+    return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -301,21 +468,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hareid: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # turned into one line unless --debug
+    except Exception as e:  # one line unless --debug
         if args.debug:
-            raise
-        print(f"hareid: error: {_one_line(e)}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"hareid: error: {_one_line(e, args.debug)}", file=sys.stderr)
         return 2
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException, debug: bool = False) -> str:
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return f"no space left on device writing {e.filename or 'output'}; free space or pick another --output"
-    if isinstance(e, HareidError):
-        return str(e)
+        return f"no space left on device writing {e.filename or 'output'}; free space or pick another output folder"
     text = str(e).strip().splitlines()
+    if isinstance(e, HareidError):
+        return text[0] if text else type(e).__name__
+    if isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.filename}: no such file or folder"
     msg = f"{type(e).__name__}: {text[0] if text else ''}"
-    return f"{msg} (run with --debug for the traceback)"
+    return msg if debug else f"{msg} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,139 @@
+"""Every command in README.md is run here, on tiny settings, so the README cannot go stale.
+
+Each ``hareid ...`` command of the README's ``bash`` blocks runs in-process, in README order, in a
+temporary working folder where ``data/market1501`` is the tiny synthetic set in Market-1501 layout
+and ``~/.cache/hareid/synthetic`` points at the tiny set too. :func:`shrink` appends the options
+that make each sub-command tiny; a command whose sub-command it does not know fails the test, so a
+new README command cannot go untested. The ``pip install`` lines are not run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+from _tiny import TRAIN_OVERRIDES, Tiny, get_tiny
+
+from hareid.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+CACHE = "~/.cache/hareid/synthetic"
+VENV_PREFIX = "python3 -m venv .venv && . .venv/bin/activate && "
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return get_tiny(tmp_path_factory)
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", README, re.S | re.M)
+
+
+def readme_commands() -> list[list[str]]:
+    """Every ``hareid ...`` command (also inside ``a && b`` chains) of the bash blocks, in order, once."""
+    out: list[list[str]] = []
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            tokens = shlex.split(line, comments=True)
+            segment: list[str] = []
+            for tok in [*tokens, "&&"]:
+                if tok in ("&&", "||", ";"):
+                    if segment and segment[0] == "hareid" and segment[1:] not in out:
+                        out.append(segment[1:])
+                    segment = []
+                else:
+                    segment.append(tok)
+    return out
+
+
+def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
+    """The tiny variant of README command ``hareid ARGV`` (run with ``work`` as the current folder)."""
+    argv = [a.replace(CACHE, str(tiny.data)) for a in argv]
+    command = argv[0]
+    if command == "demo":
+        return [*argv, "--data-root", str(tiny.data), *TRAIN_OVERRIDES]
+    if command == "train":  # the README's dataset path, else the tiny set instead of the recipe's
+        root = [] if any(a.startswith("data.root=") for a in argv) else [f"data.root={tiny.data}"]
+        return [*argv, *root, *TRAIN_OVERRIDES]
+    if command == "eval":
+        return [*argv, "--workers", "0"]
+    if command == "report":
+        return [*argv, "--num-images", "2"]
+    if command == "search":  # query images of the full synthetic set -> one of the tiny set's
+        query = str(tiny.images("query")[0])
+        return [query if a.endswith(".jpg") else a for a in argv]
+    if command == "synthetic":
+        return [*argv, "--train-ids", "2", "--test-ids", "2", "--images-per-id", "4", "--num-cams", "2",
+                "--height", "64", "--width", "32", "--quiet"]
+    if command == "attention-score":
+        return [*argv, "--num-images", "8"]
+    if command == "ablate":
+        return [*argv, "--variants", "full", "--seeds", "0", "--data-root", str(tiny.data),
+                "--output", str(work / "runs" / "ablation"), *TRAIN_OVERRIDES]
+    if command in ("visualize", "export", "index", "datasets"):
+        return argv  # already small on the tiny data
+    pytest.fail(f"README command `hareid {shlex.join(argv)}`: test_readme.shrink does not know how "
+                f"to run `{command}` on tiny settings; teach it")
+
+
+def test_readme_has_commands_for_every_section() -> None:
+    commands = readme_commands()
+    assert ["demo"] in commands
+    used = {c[0] for c in commands}
+    assert {"demo", "train", "eval", "report", "visualize", "export", "index", "search", "datasets",
+            "synthetic", "attention-score", "ablate"} <= used
+
+
+def test_every_readme_command_is_known(tiny: Tiny, tmp_path: Path) -> None:
+    for argv in readme_commands():
+        shrink(argv, tiny, tmp_path)  # fails for an unknown sub-command
+
+
+def test_every_readme_command_runs(tiny: Tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+    work = tmp_path / "work"
+    market = work / "data" / "market1501"  # the tiny set, Market-1501 layout without synthetic.json
+    for sub in ("bounding_box_train", "bounding_box_test", "query"):
+        shutil.copytree(tiny.data / sub, market / sub, copy_function=os.link)
+    monkeypatch.chdir(work)
+    ran = []
+    for argv in readme_commands():
+        args = shrink(argv, tiny, work)
+        capsys.readouterr()
+        rc = main(args)
+        out, err = capsys.readouterr()
+        assert rc == 0, f"README command `hareid {shlex.join(argv)}` failed:\n{err[-2000:]}"
+        assert out.strip(), f"`hareid {shlex.join(argv)}` printed nothing"
+        ran.append(argv[0])
+    # what the README promises those commands leave behind
+    for path in ("runs/demo/report/index.html", "runs/demo/checkpoints/best.onnx",
+                 "runs/demo/checkpoints/best.ts", "runs/demo/index/index.faiss",
+                 "runs/demo/attention_score.json", "runs/market1501/report/index.html",
+                 "docs/images/attention.png", "docs/images/synthetic_grid.png",
+                 "runs/ablation/results.jsonl"):
+        assert (work / path).is_file(), path
+    assert len(ran) == len(readme_commands())
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    top = [ln for ln in blocks("bash")[0].splitlines() if ln.strip() and not ln.startswith("#")]
+    assert len(top) == 2, "the README starts with exactly two commands: demo and tests"
+    demo, tests = top
+    assert demo.startswith(VENV_PREFIX) and demo.endswith("&& hareid demo")
+    assert tests.startswith(VENV_PREFIX) and tests.endswith("pytest -n 2")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests[len(VENV_PREFIX):] in ci, ".ci/run must run the README's test command verbatim"
+    assert "python3 -m venv .venv" in ci and ". .venv/bin/activate" in ci
+
+
+def test_readme_python_example_runs(tiny: Tiny, capsys) -> None:
+    (code,) = blocks("python")
+    path = "runs/demo/checkpoints/best.pt"
+    assert path in code
+    exec(compile(code.replace(path, str(tiny.checkpoint)), "README.md", "exec"), {})
+    assert "bounding_box_test" in capsys.readouterr().out
