@@ -36,6 +36,7 @@ Output contract (docs/architecture.md): ``train()`` -> ``{"logits": [global, loc
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,6 +150,12 @@ class HarmNet(nn.Module):
         self.embed_dim = feature_dim * (2 if local_branch else 1)
 
     # ----------------------------------------------------------------------------- input sizes
+    @staticmethod
+    def option_names() -> list[str]:
+        """The user-facing build options: :class:`HarmNet`'s keyword arguments with defaults."""
+        params = inspect.signature(HarmNet.__init__).parameters.values()
+        return [p.name for p in params if p.default is not p.empty]
+
     def region_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
         """Sizes ``(h_s, w_s)`` at which the regions of stages 1..3 are sampled for an ``h x w`` input."""
         rh, rw = self._region_size(h, w, self.num_regions)

@@ -26,6 +26,8 @@ one mixed running estimate at test time (1% vs 74% train/eval mismatch, see :mod
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from hareid.blocks import ConvBlock, InceptionA, InceptionB
@@ -68,22 +70,12 @@ class HACNN(HarmNet):
         )
 
 
-@register_model
-def hacnn(
-    num_classes: int,
-    num_regions: int = 4,
-    feature_dim: int = 512,
-    local_branch: bool = True,
-    return_features: bool = False,
-    soft_attn: bool = True,
-    hard_attn: bool = True,
-    cross_attn: bool = True,
-    region_sampling: str = "direct",
-    channels_last: bool = True,
-) -> HACNN:
-    """HA-CNN with the paper's widths (128, 256, 384); see :class:`HACNN` for the options."""
-    return HACNN(
-        num_classes, num_regions=num_regions, feature_dim=feature_dim, local_branch=local_branch,
-        return_features=return_features, soft_attn=soft_attn, hard_attn=hard_attn, cross_attn=cross_attn,
-        region_sampling=region_sampling, channels_last=channels_last,
-    )
+def hacnn(num_classes: int, **options: Any) -> HACNN:
+    """HA-CNN with the paper's widths (128, 256, 384); options as :class:`HarmNet` (``num_regions``,
+    ``feature_dim``, ``local_branch``, ``return_features``, ``soft_attn``, ``hard_attn``,
+    ``cross_attn``, ``region_sampling``, ``channels_last``, ``reduction``)."""
+    return HACNN(num_classes, **options)
+
+
+hacnn.options = HarmNet.option_names()
+register_model(hacnn)

@@ -17,6 +17,9 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 def register_model(name: str | Callable[..., nn.Module] | None = None) -> Callable:
     """Register a model builder ``fn(num_classes, **options) -> nn.Module`` under ``name``.
 
+    Options are validated against ``fn.options`` when the builder sets it (builders that forward
+    ``**options`` to a class), else against the builder's own signature.
+
     Use as ``@register_model`` (the function's name) or ``@register_model("name")``.
     """
 
@@ -46,9 +49,10 @@ def build_model(name: str, num_classes: int, **options: object) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     fn = _MODELS[name]
     params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(options) - set(params))
+    # a builder that forwards ``**options`` names them in ``fn.options``; else its signature does
+    valid = getattr(fn, "options", None) or [p for p in params if p != "num_classes"]
+    if hasattr(fn, "options") or not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(valid))
         if unknown:
-            valid = [p for p in params if p != "num_classes"]
             raise ValueError(f"model {name!r}: unknown option(s) {unknown}; valid options: {', '.join(valid)}")
     return fn(num_classes=num_classes, **options)

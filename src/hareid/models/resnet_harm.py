@@ -8,6 +8,8 @@ hareid never downloads anything. Same output contract as ``hacnn``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torchvision import models as tvm
 
@@ -45,24 +47,10 @@ class ResNetHarm(HarmNet):
 
 
 def _builder(arch: str):
-    def build(
-        num_classes: int,
-        num_regions: int = 4,
-        feature_dim: int = 512,
-        local_branch: bool = True,
-        return_features: bool = False,
-        soft_attn: bool = True,
-        hard_attn: bool = True,
-        cross_attn: bool = True,
-        region_sampling: str = "direct",
-        channels_last: bool = True,
-    ) -> ResNetHarm:
-        return ResNetHarm(
-            num_classes, arch=arch, num_regions=num_regions, feature_dim=feature_dim, local_branch=local_branch,
-            return_features=return_features, soft_attn=soft_attn, hard_attn=hard_attn, cross_attn=cross_attn,
-            region_sampling=region_sampling, channels_last=channels_last,
-        )
+    def build(num_classes: int, **options: Any) -> ResNetHarm:
+        return ResNetHarm(num_classes, arch=arch, **options)
 
+    build.options = HarmNet.option_names()
     build.__name__ = f"{arch}_harm"
     build.__doc__ = f"torchvision {arch} (random init) with HarmAttn after layers 2-4 and a local branch."
     return build
