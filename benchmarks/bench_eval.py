@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _peer_rank import load_peer_cython, load_peer_rank
 
-from hareid.distance import pairwise_distance
-from hareid.metrics import evaluate_rank
+from hareid.evaluate.distance import pairwise_distance
+from hareid.evaluate.metrics import evaluate_rank
 
 
 def market_like(seed: int = 0, num_q: int = 3368, num_g: int = 15913, ids: int = 751,

@@ -201,7 +201,7 @@ def retrieval_check(args: argparse.Namespace) -> list[str]:
     ]
     with contextlib.suppress(Exception):
         if ids:
-            from hareid.metrics import evaluate_rank
+            from hareid.evaluate.metrics import evaluate_rank
 
             res = {n: evaluate_rank(d.numpy(), ids["q_pids"], ids["g_pids"], ids["q_camids"], ids["g_camids"])
                    for n, d in dists.items()}

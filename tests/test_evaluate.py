@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hareid.distance import distance_memory_bytes, pairwise_distance
 from hareid.evaluate import EvalResult, evaluate, extract_features
+from hareid.evaluate.distance import distance_memory_bytes, pairwise_distance
 
 
 class TinyNet(nn.Module):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _peer_rank import load_peer_cython, load_peer_rank
 
-from hareid.metrics import _counts_in_rows, evaluate_rank
+from hareid.evaluate.metrics import _counts_in_rows, evaluate_rank
 
 peer = load_peer_rank()
 needs_peer = pytest.mark.skipif(peer is None, reason="torchreid (peer) not installed")

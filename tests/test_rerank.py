@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hareid.distance import pairwise_distance
-from hareid.metrics import evaluate_rank
-from hareid.rerank import re_ranking
+from hareid.evaluate.distance import pairwise_distance
+from hareid.evaluate.metrics import evaluate_rank
+from hareid.evaluate.rerank import re_ranking
 
 
 def dense_reference(qg, qq, gg, k1, k2, lam):

@@ -381,7 +381,7 @@ def _ranking_from_model(model: nn.Module, dataset: Any, eval_tf: Any, cfg: Mappi
     from hareid.evaluate import extract_features, pairwise_distance
 
     try:
-        from hareid.metrics import evaluate_rank
+        from hareid.evaluate.metrics import evaluate_rank
     except ImportError:
         from hareid.evaluate import evaluate_rank
 

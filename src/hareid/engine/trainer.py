@@ -454,9 +454,9 @@ class Trainer:
 
     def _evaluate_sharded(self) -> dict[str, Any] | None:
         """Each rank embeds its strided shard; rank 0 gathers and scores (the others get ``None``)."""
-        from hareid.distance import pairwise_distance
         from hareid.evaluate import EvalResult, extract_features
-        from hareid.metrics import evaluate_rank
+        from hareid.evaluate.distance import pairwise_distance
+        from hareid.evaluate.metrics import evaluate_rank
 
         e = self.cfg.eval
         sets = []
@@ -469,7 +469,7 @@ class Trainer:
         qs, gs = sets
         distmat = pairwise_distance(qs.features, gs.features, e.metric)
         if e.rerank:
-            from hareid.rerank import re_ranking
+            from hareid.evaluate.rerank import re_ranking
 
             distmat = re_ranking(distmat, pairwise_distance(qs.features, qs.features, e.metric),
                                  pairwise_distance(gs.features, gs.features, e.metric))
