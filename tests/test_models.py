@@ -142,7 +142,7 @@ def test_hacnn_region_sizes_and_size_rule() -> None:
         {"hard_attn": False},
         {"cross_attn": False},
         {"local_branch": False},
-        {"region_sampling": "peer"},
+        {"region_sampling": "torchreid"},
         {"num_regions": 3, "feature_dim": 64},
         {"channels_last": False},
     ],

@@ -26,10 +26,8 @@ import importlib
 import io
 import itertools
 import os
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,6 +37,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from hareid.errors import HareidError
+from hareid.fileio import atomic_path
 
 __all__ = [
     "export_model",
@@ -143,22 +142,6 @@ def optimize_for_inference(
 
 
 # --------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path in ``path``'s folder; rename it onto ``path`` on success, delete it on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def _check_size(model: nn.Module, height: int, width: int) -> None:
     ok = getattr(model, "input_size_ok", None)
     if ok is not None and not ok(height, width):
@@ -216,7 +199,7 @@ def export_onnx(
     t0 = time.perf_counter()
     tries = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
     errors: list[str] = []
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         for kind in tries:
             try:
                 used_opset = _onnx_export(net, x, tmp, opset, dynamic_batch, kind)
@@ -266,7 +249,7 @@ def export_torchscript(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, (x,), check_trace=False)
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             torch.jit.save(traced, str(tmp))
     return {"path": str(path), "format": "torchscript", "input_shape": [batch, 3, height, width],
             "seconds": round(time.perf_counter() - t0, 3)}
