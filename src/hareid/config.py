@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -414,8 +415,12 @@ def _check(cfg: Config) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
+    if not o.lr > 0 or not math.isfinite(o.lr):
+        raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
+    if not 0.0 < o.gamma <= 1.0:
+        raise ConfigError(f"optim.gamma: the decay factor must be in (0, 1], got {o.gamma}")
     nonneg = {"data.workers": d.workers, "train.eval_every": t.eval_every,
-              "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip, "optim.lr": o.lr,
+              "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip,
               "optim.weight_decay": o.weight_decay, "loss.ce_weight": lo.ce_weight,
               "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin}
     for key, v in nonneg.items():
@@ -473,10 +478,15 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | t
     if path_or_name is not None:
         path = _resolve(str(path_or_name))
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
         except yaml.YAMLError as e:
             first = str(e).strip().splitlines()[0]
             raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; pass a YAML config or a recipe name") from None
+        if not data:
+            raise ConfigError(f"{path}: the config is empty; start from a recipe (e.g. --config "
+                              "hacnn_synthetic) and override keys, or write its data and model sections")
         _merge(cfg, data, prefix="", source=str(path))
     for item in overrides:
         if "=" not in item:
@@ -489,7 +499,6 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | t
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write ``cfg`` as YAML (keys in dataclass order); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
-    return path
+    from hareid.fileio import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))

@@ -22,6 +22,8 @@ from typing import Any
 
 from torch import nn
 
+from hareid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -31,10 +33,6 @@ __all__ = [
     "model_entry",
     "register_model",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class ModelEntry:
