@@ -115,7 +115,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     seed: int = 0
     deterministic: bool = False
-    eval_every: int = 10  # epochs; 0 evaluates only at the end
+    eval_every: int = 10  # epochs; 0 evaluates only at the end, -1 never
     best_metric: Literal["mAP", "rank1"] = "mAP"
     progress: bool = True  # tqdm bar per epoch (rank 0 only)
     resume: str | None = None  # checkpoint path, or "auto" = RUN/checkpoints/last.pt if present
@@ -419,7 +419,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
     if not 0.0 < o.gamma <= 1.0:
         raise ConfigError(f"optim.gamma: the decay factor must be in (0, 1], got {o.gamma}")
-    nonneg = {"data.workers": d.workers, "train.eval_every": t.eval_every,
+    if t.eval_every < -1:
+        raise ConfigError(f"train.eval_every: epochs between evaluations, 0 (only at the end) or -1 (never), "
+                          f"got {t.eval_every}")
+    nonneg = {"data.workers": d.workers,
               "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip,
               "optim.weight_decay": o.weight_decay, "loss.ce_weight": lo.ce_weight,
               "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin}

@@ -5,13 +5,14 @@ Every file hareid writes (checkpoints, exports, configs, metrics, reports, index
 target folder, is fsynced, gets the permissions a plain ``open(path, "w")`` would give under the
 current umask, and is renamed onto the target. A crash leaves the old file or the new one, never a
 mix; the temporary files a killed process leaves behind (``.NAME.XXXX.tmp``) are removed by
-:func:`remove_stale_temp_files`, which run folders call when a run starts.
+:func:`remove_stale_temp_files`, which a run calls once it owns its folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_write_text", "remove_stale_temp_files"]
 
 _TMP_SUFFIX = ".tmp"
+#: ``.NAME.XXXXXXXX.tmp``: the names :func:`atomic_path` gives its temporary files (mkstemp's 8 random
+#: characters), so that cleaning up never touches another program's files.
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def _umask() -> int:
@@ -54,15 +58,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Delete the ``.NAME.XXXX.tmp`` files an interrupted atomic write left in ``folder``."""
+    """Delete the ``.NAME.XXXXXXXX.tmp`` files an interrupted :func:`atomic_path` write left in
+    ``folder`` (and below it when ``recursive``); returns them. Only names of that exact form are
+    touched, so call it on folders hareid owns (a run folder once claimed, an index folder)."""
     root = Path(folder)
     if not root.is_dir():
         return []
-    pattern = f".*{_TMP_SUFFIX}"
-    found = root.rglob(pattern) if recursive else root.glob(pattern)
+    found = root.rglob(f".*{_TMP_SUFFIX}") if recursive else root.glob(f".*{_TMP_SUFFIX}")
     removed = []
     for p in found:
-        if p.is_file():
+        if _TMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

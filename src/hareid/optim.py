@@ -48,11 +48,18 @@ def build_scheduler(
     ipe, warm = iters_per_epoch, cfg.warmup_epochs
     if cfg.scheduler == "none":
         main: lrs.LRScheduler = lrs.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    elif cfg.scheduler in ("step", "multistep"):
-        if cfg.scheduler == "step":
-            milestones = [m for m in range(cfg.step_size, epochs, cfg.step_size) if m > warm]
-        else:
-            milestones = list(cfg.milestones)
+    elif cfg.scheduler == "step":
+        # x gamma at every multiple of step_size after the warmup, counted from the schedule's own
+        # iteration (not from a milestone list saved in its state), so that a resumed run with more
+        # epochs keeps decaying on time
+        size, gamma, last = cfg.step_size, cfg.gamma, epochs - 1
+
+        def factor(it: int) -> float:
+            return gamma ** (min(warm + it // ipe, last) // size - warm // size)
+
+        main = lrs.LambdaLR(optimizer, factor)
+    elif cfg.scheduler == "multistep":
+        milestones = list(cfg.milestones)
         early = [m for m in milestones if m <= warm]
         if early:
             raise ConfigError(

@@ -29,12 +29,13 @@ class RunLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.is_main, self.show_progress = is_main, show_progress
         self._writer: Any = None
+        self._tb_dir: Path | None = None
         if tensorboard and is_main:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                import torch.utils.tensorboard  # noqa: F401
             except ImportError as e:
                 raise ConfigError("train.tensorboard=true needs `pip install tensorboard`") from e
-            self._writer = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._tb_dir = Path(run_dir) / "tb"  # created on the first scalar: after the run owns the folder
 
     def record(self, rec: Mapping[str, Any], scalars_prefix: str | None = None, step: int | None = None) -> None:
         """Append ``rec`` to metrics.jsonl; with ``scalars_prefix`` also send its numbers to TensorBoard."""
@@ -48,20 +49,29 @@ class RunLogger:
                     self.scalar(f"{scalars_prefix}/{k}", v, step if step is not None else rec.get("epoch", 0))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_scalar(tag, value, step)
+        if self._tb_dir is None:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
 
-    def trim(self, upto_epoch: int) -> None:
-        """On resume, drop the records of epochs after the checkpoint (they will be written again)."""
+            self._writer = SummaryWriter(str(self._tb_dir))
+        self._writer.add_scalar(tag, value, step)
+
+    def trim(self, upto_epoch: int, keep_last_eval: bool = True) -> None:
+        """On resume, drop the records of epochs after the checkpoint (they will be written again),
+        and with ``keep_last_eval=False`` the evaluation of epoch ``upto_epoch`` too (it is redone);
+        a line cut short by a killed write goes as well."""
         if not self.is_main or not self.path.is_file():
             return
         keep = []
         for line in self.path.read_text().splitlines():
             try:
-                if int(json.loads(line).get("epoch", 0)) <= upto_epoch:
-                    keep.append(line)
-            except (ValueError, AttributeError):
+                rec = json.loads(line)
+                epoch = int(rec.get("epoch", 0))
+            except (ValueError, AttributeError, TypeError):
                 continue
+            if epoch < upto_epoch or (epoch == upto_epoch and (keep_last_eval or "loss" in rec)):
+                keep.append(line)
         atomic_write_text(self.path, "".join(x + "\n" for x in keep))
 
     def bar(self, total: int, initial: int, desc: str) -> tqdm:

@@ -4,15 +4,17 @@ and ownership rules, and what a resume may change.
 A run folder belongs to one run:
 
 * a lock (``RUN/.lock``, ``fcntl.flock``) refuses a second process writing the same folder;
-* a new run refuses a non-empty folder unless it resumes (``train.resume``) or is told to
-  overwrite; an overwritten run's files are moved to ``RUN/.previous/`` and deleted only once the
-  new run has saved its first checkpoint (restored if it fails before that);
-* temporary files that a killed write left behind are removed when a run starts.
+* a new run refuses a non-empty folder unless it resumes from this folder's checkpoint
+  (``train.resume``), is told to overwrite, or finds only a run that died before its first
+  checkpoint; the old run's files are moved to ``RUN/.previous/`` and deleted only once the new run
+  has saved its first checkpoint (restored if it fails or is killed before that);
+* temporary files that a killed write left behind are removed once a run owns the folder.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from hareid.errors import ConfigError, HareidError
-from hareid.fileio import remove_stale_temp_files
+from hareid.fileio import atomic_write_text, remove_stale_temp_files
 
 __all__ = ["RunFolder", "check_resume_config", "get_rng_state", "samplers", "set_rng_state"]
 
@@ -77,29 +79,47 @@ def samplers(loader: Any) -> list[Any]:
 class RunFolder:
     """The lock and ownership rules of one run folder (see the module docstring).
 
-    ``with RunFolder(path) as folder:`` locks the folder and recovers it (leftover temporary files,
-    an overwrite that never saved a checkpoint); then :meth:`claim` says whether this run may write
-    here; :meth:`saved` is called after every checkpoint write. Only rank 0 uses it.
+    ``with RunFolder(path) as folder:`` locks the folder and finishes an overwrite that a killed
+    process left half done; then :meth:`claim` says whether this run may write here (and removes
+    leftover temporary files once it may); :meth:`saved` is called after every checkpoint write.
+    Only rank 0 uses it.
+
+    An overwrite moves the old run's entries into ``.previous/`` after listing their names in
+    ``.previous/moved.json``; a process killed at any point leaves a state that the next start
+    resolves without loss: before this run's first checkpoint the old run comes back whole (entries
+    listed but not yet moved stay where they are), after it ``.previous/`` is deleted (renamed to
+    ``.previous.discard`` first, so a half-deleted old run is never mistaken for a whole one).
     """
 
     LOCK = ".lock"
     PREVIOUS = ".previous"
+    DISCARD = ".previous.discard"
+    MANIFEST = "moved.json"
+    #: What a run writes before its first checkpoint: a folder holding only these (config.yaml
+    #: among them, and no checkpoint) is a run that died early, which a new run may replace.
+    EARLY_FILES = frozenset({"config.yaml", "metrics.jsonl", "init.json", "tb", "checkpoints"})
+    CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self._lock_fd: int | None = None
-        self._has_checkpoint = False
+        self._saved = False
 
     def _contents(self) -> list[Path]:
         if not self.path.is_dir():
             return []
-        return sorted(p for p in self.path.iterdir() if p.name not in (self.LOCK, self.PREVIOUS))
+        return sorted(p for p in self.path.iterdir() if p.name not in (self.LOCK, self.PREVIOUS, self.DISCARD))
+
+    def _has_checkpoint(self) -> bool:
+        ckpts = self.path / "checkpoints"
+        return ckpts.is_dir() and any(p.suffix in self.CHECKPOINT_SUFFIXES and not p.name.startswith(".")
+                                      for p in ckpts.iterdir())
 
     def __enter__(self) -> RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise HareidError(f"{self.path}: cannot write the run folder ({e.strerror}); "
                               "choose another output_dir") from None
@@ -113,46 +133,76 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
-        remove_stale_temp_files(self.path)
-        if (self.path / self.PREVIOUS).exists():  # an overwriting run died before its first checkpoint
-            self._bring_back_previous()
+        shutil.rmtree(self.path / self.DISCARD, ignore_errors=True)
+        if (self.path / self.PREVIOUS).exists():  # an overwrite that a killed process left behind
+            self._resolve_previous()
         return self
 
-    def claim(self, resuming: bool) -> None:
-        """Take the folder for this run: refuse a folder holding another run unless resuming or
-        overwriting (then move the old files aside until this run saves a checkpoint)."""
+    def claim(self, own_resume: bool) -> None:
+        """Take the folder for this run, then remove temporary files that killed writes left here.
+
+        ``own_resume``: this run resumes from a checkpoint in this folder. Otherwise a folder
+        holding another run is refused unless overwriting, or unless that run died before its
+        first checkpoint (nothing to lose but its config); either way the old files are moved aside
+        until this run saves a checkpoint.
+        """
         taken = self._contents()
-        if resuming or not taken:
-            return
-        if not self.overwrite:
-            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in taken[:4])
-            raise HareidError(
-                f"{self.path}: folder already holds a run ({names}); resume it with train.resume=auto, "
-                "choose another output_dir, or pass --overwrite (the old run is kept until the new one "
-                "saves its first checkpoint)"
-            )
+        if taken and not own_resume:
+            died_early = ("config.yaml" in {p.name for p in taken} and not self._has_checkpoint()
+                          and all(p.name in self.EARLY_FILES for p in taken))
+            if not (self.overwrite or died_early):
+                names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in taken[:4])
+                raise HareidError(
+                    f"{self.path}: folder already holds a run ({names}); resume it with train.resume=auto, "
+                    "choose another output_dir, or pass --overwrite (the old run is kept until the new one "
+                    "saves its first checkpoint)"
+                )
+            self._move_aside(taken)
+        remove_stale_temp_files(self.path)
+
+    def _move_aside(self, taken: list[Path]) -> None:
         previous = self.path / self.PREVIOUS
         previous.mkdir()
+        atomic_write_text(previous / self.MANIFEST, json.dumps([p.name for p in taken]))
         for p in taken:
             p.rename(previous / p.name)
 
-    def _bring_back_previous(self) -> None:
-        for p in self._contents():  # files of the run that failed: no checkpoint, nothing to keep
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    def _resolve_previous(self) -> None:
+        """Keep this run if it saved a checkpoint, else bring the overwritten run back whole."""
         previous = self.path / self.PREVIOUS
+        try:
+            listed = json.loads((previous / self.MANIFEST).read_text())
+        except (OSError, ValueError):  # killed before the list was written: nothing was moved yet
+            shutil.rmtree(previous)
+            return
+        not_moved = {n for n in listed if (self.path / n).exists() and not (previous / n).exists()}
+        if "checkpoints" not in not_moved and self._has_checkpoint():
+            self._discard_previous()
+            return
+        for p in self._contents():  # the files of the run that failed: no checkpoint, nothing to keep
+            if p.name not in not_moved:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         for p in previous.iterdir():
-            p.rename(self.path / p.name)
-        previous.rmdir()
+            if p.name != self.MANIFEST:
+                p.rename(self.path / p.name)
+        shutil.rmtree(previous)
+
+    def _discard_previous(self) -> None:
+        previous, discard = self.path / self.PREVIOUS, self.path / self.DISCARD
+        if previous.exists():
+            shutil.rmtree(discard, ignore_errors=True)
+            previous.rename(discard)  # atomic: a half-deleted old run is never taken for a whole one
+            shutil.rmtree(discard, ignore_errors=True)
 
     def saved(self) -> None:
         """A checkpoint of this run is on disk: an overwritten run's files can go."""
-        if not self._has_checkpoint:
-            self._has_checkpoint = True
-            shutil.rmtree(self.path / self.PREVIOUS, ignore_errors=True)
+        if not self._saved:
+            self._saved = True
+            self._discard_previous()
 
     def __exit__(self, *exc: Any) -> None:
-        if (self.path / self.PREVIOUS).exists() and not self._has_checkpoint:
-            self._bring_back_previous()  # failed before saving: the old run comes back
+        if (self.path / self.PREVIOUS).exists() and not self._saved:
+            self._resolve_previous()  # failed before saving: the old run comes back
         if self._lock_fd is not None:  # the lock file stays: unlinking it would race with a waiting run
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -162,7 +212,7 @@ class RunFolder:
 # ------------------------------------------------------------------------------ resume rules
 #: Config keys a resumed run may change: where and how it runs, not what it learns.
 RESUMABLE_KEYS = (
-    "output_dir", "data.root", "data.workers", "data.test_batch_size", "data.loader_options",
+    "output_dir", "data.root", "data.workers", "data.test_batch_size", "data.loader_options", "data.skip_bad_images",
     "train.resume", "train.device", "train.progress", "train.tensorboard", "train.eval_every",
     "train.compile", "train.epochs", "eval.",
 )

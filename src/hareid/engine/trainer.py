@@ -202,14 +202,15 @@ class Trainer:
         from hareid.evaluate.metrics import count_valid_queries
 
         ds = self.dataset
-        if self.query_loader is None or not getattr(ds, "query", None) or not getattr(ds, "gallery", None):
+        if (self.query_loader is None or self.cfg.train.eval_every < 0 or not getattr(ds, "query", None)
+                or not getattr(ds, "gallery", None)):
             return
         if count_valid_queries([r.pid for r in ds.query], [r.pid for r in ds.gallery],
                                [r.camid for r in ds.query], [r.camid for r in ds.gallery]) == 0:
             raise ConfigError(
                 f"data: no query of {ds.name} at {ds.root} has a correct match in the gallery (the same "
                 "identity seen by another camera), so evaluation cannot score anything; give the "
-                "images camera ids, or set train.eval_every=0 and skip evaluation"
+                "images camera ids, or train without evaluation (train.eval_every=-1)"
             )
 
     def _build_model(self) -> None:
@@ -309,15 +310,23 @@ class Trainer:
         return path
 
     def _resume_path(self) -> Path | None:
+        """The checkpoint to resume from: ``train.resume`` as a path, or for ``auto`` the newer of
+        this folder's ``interrupt.pt`` and ``last.pt`` (none with ``--overwrite``: a new run)."""
         spec = self.cfg.train.resume
         if not spec:
             return None
-        if spec == "auto":
-            for name in ("interrupt.pt", "last.pt"):
-                if (self.ckpt_dir / name).is_file():
-                    return self.ckpt_dir / name
+        if spec != "auto":
+            return Path(spec)
+        if self.overwrite:
             return None
-        return Path(spec)
+        inter, last = self.ckpt_dir / "interrupt.pt", self.ckpt_dir / "last.pt"
+        if inter.is_file() and last.is_file():  # a kill between writing last.pt and removing interrupt.pt
+            return inter if self._completed_epochs(inter) >= self._completed_epochs(last) else last
+        return next((p for p in (inter, last) if p.is_file()), None)
+
+    @staticmethod
+    def _completed_epochs(path: Path) -> int:
+        return int(load_checkpoint(path).get("epoch", 0))
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore a training checkpoint; returns it (RNG is restored by :meth:`fit`)."""
@@ -327,18 +336,32 @@ class Trainer:
             raise CheckpointError(f"{path}: not a training checkpoint (missing {missing}); pass last.pt")
         if isinstance(ckpt.get("config"), Mapping):
             check_resume_config(ckpt["config"], self.cfg.to_dict(), f"resume from {path}")
+        saved_classes = (ckpt.get("model") or {}).get("num_classes")
+        classes = self.model_spec.get("num_classes")
+        if saved_classes is not None and classes is not None and int(saved_classes) != int(classes):
+            raise CheckpointError(
+                f"{path}: the run was trained on {saved_classes} identities but data.root={self.cfg.data.root} "
+                f"has {classes}; resume with the data the run was trained on, or start a new run from "
+                f"its weights with model.init={path}"
+            )
         try:
             self.model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit model {self.cfg.model.name!r} "
-                                  f"({str(e).splitlines()[-1].strip()})") from e
+                                  f"({str(e).splitlines()[-1].strip()}); resume with the run's own settings, "
+                                  f"or start a new run from its weights with model.init={path}") from e
         if int(ckpt.get("world_size", 1)) != self.dist.world_size and int(ckpt.get("batch_in_epoch", 0)):
             raise CheckpointError(f"{path}: a mid-epoch checkpoint from {ckpt.get('world_size')} processes "
                                   f"cannot resume on {self.dist.world_size}; use checkpoints/last.pt")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: its optimiser or schedule state does not fit this run ({reason}); "
+                                  f"start a new run from its weights with model.init={path}") from e
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
         metrics = ckpt.get("metrics") or {}
         self.best = dict(metrics.get("best") or {})
@@ -518,8 +541,9 @@ class Trainer:
         return stop
 
     def _eval_due(self, epoch: int) -> bool:
-        every = self.cfg.train.eval_every
-        return self.query_loader is not None and ((every > 0 and epoch % every == 0) or epoch == self.cfg.train.epochs)
+        every = self.cfg.train.eval_every  # N: every N epochs and at the end; 0: at the end; -1: never
+        return self.query_loader is not None and every >= 0 and (
+            (every > 0 and epoch % every == 0) or epoch == self.cfg.train.epochs)
 
     def _end_epoch(self, evaluate: bool) -> None:
         """Checkpoint the completed epoch, then evaluate it, then record the best (see module doc)."""
@@ -541,8 +565,12 @@ class Trainer:
         resume = self._resume_path()
         if resume is not None and not resume.is_file():
             raise CheckpointError(f"{resume}: checkpoint to resume from not found; use train.resume=auto")
+        own = resume is not None and resume.resolve().parent == self.ckpt_dir.resolve()
+        if own and self.overwrite:
+            raise ConfigError(f"train.resume={resume}: --overwrite starts a new run in {self.run_dir}, which "
+                              "cannot resume from that folder's own checkpoint; drop one of them")
         if self._folder is not None:
-            self._folder.claim(resuming=resume is not None)
+            self._folder.claim(own_resume=own)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         skip, progress, rng_after_skip, pending = 0, None, None, False
         if resume is not None:
@@ -555,7 +583,7 @@ class Trainer:
                 set_rng_state(self._rng_from(ckpt, "rng_epoch_start"), self.train_loader)
             else:
                 set_rng_state(self._rng_from(ckpt, "rng"), self.train_loader)
-            self.log.trim(self.epoch)
+            self.log.trim(self.epoch, keep_last_eval=not pending)  # a pending evaluation is redone
             self.log.say(f"hareid: resumed from {resume} (epoch {self.epoch}, iteration {self.iteration}"
                          + (f", batch {skip} of epoch {self.epoch + 1})" if skip else ")"))
         if self.is_main:
