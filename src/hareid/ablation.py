@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hareid.errors import ConfigError
+from hareid.fileio import atomic_path, atomic_write_text
 
 __all__ = ["VARIANTS", "format_ablation", "run_ablation"]
 
@@ -89,7 +90,7 @@ def run_ablation(
             done[(name, seed)] = row
     rows = [r for r in done.values() if r["variant"] in names]
     table = format_ablation(rows, order=names)
-    (output / "ablation.md").write_text(table + "\n")
+    atomic_write_text(output / "ablation.md", table + "\n")
     _plot(rows, names, output / "ablation.png")
     return table
 
@@ -129,4 +130,5 @@ def _plot(rows: Sequence[dict[str, Any]], order: Sequence[str], out: Path) -> No
     ax.set_title("attention ablation (mean ± std over seeds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)

@@ -79,8 +79,10 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
         try:
             model = load_torchreid_hacnn(ckpt)
         except CheckpointError as e:
-            raise CheckpointError(f"{path}: neither a hareid checkpoint (no 'model' entry) nor a "
-                                  f"torchreid HACNN checkpoint ({e})") from e
+            raise CheckpointError(f"{path}: neither a hareid checkpoint (no 'model' entry with the settings to "
+                                  "rebuild it: save weights with hareid.checkpoint.save_checkpoint({'state_dict': "
+                                  "..., 'model': {'name': ..., 'num_classes': ...}}, PATH)) nor a torchreid HACNN "
+                                  f"checkpoint ({e})") from e
         info["model"] = {"name": "hacnn", "source": "torchreid"}
     entry = model_entry(info["model"]["name"])
     info.update(height=int(data_cfg.get("height") or entry.input_size[0]),

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hareid.errors import DataError
+from hareid.fileio import atomic_write_text
 
 __all__ = ["format_scores", "score_model", "score_run"]
 
@@ -186,5 +187,5 @@ def score_run(run_dir: Path, num_images: int = 200, seed: int = 0) -> str:
     untrained = build_model(spec.pop("name"), **spec).eval()
     scores = {"untrained": score_model(untrained, images, masks, parts),
               "trained": score_model(trained, images, masks, parts)}
-    (run_dir / "attention_score.json").write_text(json.dumps(scores, indent=2))
+    atomic_write_text(run_dir / "attention_score.json", json.dumps(scores, indent=2))
     return format_scores(scores)

@@ -53,6 +53,10 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
                 torch.save(dict(state), tmp)
     except (OSError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        elif "inline_container" in reason or "PytorchStreamWriter" in reason:  # torch's zip writer
+            reason = "the write stopped short: disk full or file-size limit"
         raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); free disk space or "
                               "choose another output folder (the previous file is unchanged)") from e
     return path

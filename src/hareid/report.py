@@ -308,9 +308,9 @@ def render_report(
         f"<header><h1>{_esc(title)}</h1><p class=\"sub\">hareid report · generated {stamp}</p></header>"
         + missing + "".join(sections) + "</main></body></html>\n"
     )
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    from hareid.fileio import atomic_write_text
+
+    return atomic_write_text(out / "index.html", page)
 
 
 # ----------------------------------------------------------------------------- run folder

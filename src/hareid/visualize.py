@@ -251,9 +251,12 @@ def _figure(size: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, out_path: str | os.PathLike, dpi: int = 100) -> Path:
+    from hareid.fileio import atomic_path
+
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight", facecolor="white")
+    with atomic_path(out) as tmp:  # the format follows the target's suffix, not the temp file's
+        fig.savefig(tmp, format=out.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight",
+                    facecolor="white")
     return out
 
 

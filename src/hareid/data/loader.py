@@ -75,20 +75,21 @@ DEFAULT_DECODER = "torchvision"
 def image_size(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """``(width, height)`` from the file's header (nothing decoded); DataError naming the file if it
     is not an image or declares more than ``max_pixels`` pixels."""
+    too_big = (f"{path}: declares {{}} pixels, more than hareid decodes ({max_pixels}); resize the image "
+               "or remove it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
-    except Image.DecompressionBombError:
-        w, h = max_pixels + 1, 1
+    except Image.DecompressionBombError:  # PIL's own limit (2x Image.MAX_IMAGE_PIXELS) refused the header
+        raise DataError(too_big.format(f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)}")) from None
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {msg}); replace or delete "
                         "the file, or skip bad images (data.skip_bad_images=true; --skip-bad-images)") from exc
     if w * h > max_pixels:
-        raise DataError(f"{path}: declares {w}x{h} pixels, more than hareid decodes ({max_pixels}); "
-                        "resize the image or remove it")
+        raise DataError(too_big.format(f"{w}x{h}"))
     return w, h
 
 
