@@ -211,7 +211,7 @@ class Embedder:
         elif bgr:
             a = a[:, :, ::-1]
         if a.dtype == np.uint8:
-            t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)  # (3, H, W) uint8
+            t = torch.from_numpy(np.require(a, requirements=["C", "W"])).permute(2, 0, 1)  # (3, H, W) uint8
         elif np.issubdtype(a.dtype, np.floating):
             lo, hi = float(a.min()), float(a.max())
             if lo < 0.0 or hi > 1.0 or not np.isfinite([lo, hi]).all():

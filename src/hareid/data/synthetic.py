@@ -570,7 +570,7 @@ def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int =
     identity; each identity is seen by 2..``num_cams`` cameras. ``workers``: processes (default:
     CPU count, 0 for small sets).
     """
-    from tqdm import tqdm
+    from hareid.progress import progress as progress_bar
 
     if num_train_ids < 1 or num_test_ids < 1 or images_per_id < 2 or num_cams < 2:
         raise DataError(f"{root}: synthetic set needs >=1 train and test identity, >=2 images per "
@@ -602,7 +602,7 @@ def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int =
     if workers is None:
         workers = 0 if len(jobs) < 400 else min(os.cpu_count() or 1, 8)
     images: dict[str, Any] = {}
-    bar = tqdm(total=len(jobs), desc="synthetic", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="synthetic", unit="img", enabled=progress)
     if workers <= 1:
         _init_worker(state)
         for job in jobs:

@@ -121,7 +121,7 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> InitReport:
             report.skipped.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target[key].shape)}")
         else:
             fit[key] = value
-    report.loaded = sorted(fit)
+    report.loaded, report.unused = sorted(fit), sorted(report.unused)
     report.missing = sorted(k for k in target if k not in sd)
     if len(fit) < max(1, len(sd) // 2):  # most of the file has no place in this model
         clash = report.skipped[:3] + [f"{k}: not in the model" for k in report.unused[:3 - len(report.skipped[:3])]]
