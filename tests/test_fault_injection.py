@@ -184,9 +184,9 @@ def check(summary: dict, min_kills: int) -> None:
     assert summary["same"] == dict.fromkeys(summary["same"], True), summary
 
 
-#: Narrow HA-CNN, 4 epochs of 6 batches, evaluated after each: ~4 s for the whole run on one core.
+#: Narrow HA-CNN, 6 epochs of 6 batches, evaluated after each: ~4 s for the whole run on one core.
 FAST = [*TRAIN_OVERRIDES, "model.channels=[16,32,48]", "model.feature_dim=32", "train.amp=none",
-        "train.epochs=4"]
+        "train.epochs=6"]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 
 
 def test_random_sigkills_lose_nothing_and_resume_bit_for_bit(tiny: Tiny, tmp_path: Path) -> None:
-    check(inject(tiny, tmp_path, FAST, kills=12, frac=0.4, seed=0), min_kills=8)
+    check(inject(tiny, tmp_path, FAST, kills=14, frac=0.5, seed=0), min_kills=6)
 
 
 @pytest.mark.slow
