@@ -7,8 +7,8 @@ describe the behaviour the rewrite must have and run once ``hareid.index`` is th
 * every file of a saved index, corrupted in turn: `hareid search` answers as before (a file it does
   not need) or exits 2 with one line naming the index and no traceback - never a raw
   faiss/SQLite/JSON error, never different results without a word;
-* `hareid index --ivf -1` (and `--ivf 0`-like misuse of a list count) exits 2 with one line naming
-  the option; more lists than images does not crash;
+* `hareid index --ivf -1` exits 2 with one line naming the option; more lists than images does not
+  crash; `--batch-size 0` / `--workers -1` are refused by the argument parser (one line, exit 2);
 * an unreadable gallery image does not abort `hareid index` without a word: it is skipped and named
   (with `--skip-bad-images` where the command has that option); `hareid search --skip-bad-images`
   answers the good queries and names the bad one; without the option a bad query is one line, exit 2;
@@ -94,6 +94,16 @@ def test_ivf_misuse_is_one_line(tiny: Tiny, tmp_path: Path, capsys) -> None:
     else:
         rc, out, err = cli(capsys, "search", tiny.checkpoint, tmp_path / "many", tiny.images("query")[0])
         assert rc == 0 and _hits(out), err
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--batch-size", "0", "must be >= 1"), ("--workers", "-1", "must be >= 0")])
+def test_index_refuses_a_zero_batch_and_negative_workers(option: str, value: str, expected: str, tiny: Tiny,
+                                                         tmp_path: Path, capsys) -> None:
+    rc, _, err = cli(capsys, "index", tiny.checkpoint, tiny.data, "--out", tmp_path / "index", option, value)
+    line = error_line(err)
+    assert rc == 2 and option in line and expected in line
+    assert not (tmp_path / "index").exists()
 
 
 def test_bad_images_in_index_and_search(tiny: Tiny, tmp_path: Path, capsys) -> None:
