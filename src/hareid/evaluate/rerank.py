@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hareid.evaluate.distance import METRICS, DistanceBlocks, _as_tensor, _norms, features_device
+from hareid.progress import progress as progress_bar
 
 _CHUNK_BYTES = 32 * 2**20
 _PAIR_BUDGET = 2_000_000  # Jaccard terms (and output cells) per query chunk
@@ -310,8 +310,8 @@ class KReciprocal:
         grids = [(o, b, r0, r1) for o, b in parts for r0, r1 in b.grid(block_rows)]
 
         def blocks() -> Iterator[tuple[int, int, torch.Tensor]]:
-            for o, b, r0, r1 in tqdm(grids, desc="re-ranking neighbours", disable=not progress,
-                                     leave=False):
+            for o, b, r0, r1 in progress_bar(grids, enabled=progress, leave=False,
+                                             desc="re-ranking neighbours"):
                 yield o + r0, o + r1, b(r0, r1).square_()
 
         rowmax, nn = _neighbours(blocks(), Q + G, K)

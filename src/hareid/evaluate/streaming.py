@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hareid.evaluate.distance import DistanceBlocks, pairwise_distance
 from hareid.evaluate.metrics import (
@@ -36,6 +35,7 @@ from hareid.evaluate.metrics import (
     _default_threads,
     default_chunk_rows,
 )
+from hareid.progress import progress as progress_bar
 
 STREAM_ABOVE_BYTES = 256 * 2**20  # a full float32 Q x G matrix larger than this is streamed
 
@@ -149,7 +149,7 @@ def score_features(
     buf = torch.empty(grid[0][1] - grid[0][0] if grid else 0, num_g) if on_cpu else None
     pool = ThreadPoolExecutor(threads) if threads > 1 and protocol != "cuhk03" else None
     try:
-        for r0, r1 in tqdm(grid, desc="evaluate", disable=not progress, leave=False):
+        for r0, r1 in progress_bar(grid, enabled=progress, desc="evaluate", leave=False):
             block = blocks(r0, r1, out=buf[:r1 - r0] if on_cpu else None)  # (c, G)
             if reranker is not None:
                 block = torch.from_numpy(reranker.rows(r0, r1, block.cpu().numpy()))
