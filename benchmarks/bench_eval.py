@@ -2,6 +2,7 @@
 
     python benchmarks/bench_eval.py [--repeats 5] [--peer-python-queries 300]
     python benchmarks/bench_eval.py --skip-market --msmt-repeats 2      # the MSMT17-size case only
+    python benchmarks/bench_eval.py --skip-market --skip-msmt --rerank  # re-ranking memory only
 
 Market-1501 size: 3368 queries x 15913 gallery (13115 images of 751 identities + 2798
 distractors), 6 cameras, 1024-d features = identity centre (scale 0.37) + unit gaussian noise,
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -45,11 +45,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _machine import machine_line
 from _peer_rank import load_peer_cython, load_peer_rank
 
 from hareid.evaluate import evaluate_features
 from hareid.evaluate.distance import DistanceBlocks, pairwise_distance
 from hareid.evaluate.metrics import evaluate_rank
+from hareid.evaluate.rerank import re_ranking
 
 
 def market_like(seed: int = 0, num_q: int = 3368, num_g: int = 15913, ids: int = 751,
@@ -224,6 +226,11 @@ def worker(mode: str, folder: Path) -> None:
         result = evaluate_features(qf, gf, *labels, stream=True)
     elif mode == "full":
         result = evaluate_rank(pairwise_distance(qf, gf), *labels)
+    elif mode == "rerank_features":  # k-reciprocal from features, streamed
+        result = evaluate_features(qf, gf, *labels, rerank=True, stream=True)
+    elif mode == "rerank_matrix":  # k-reciprocal from the q_g, q_q, g_g matrices
+        mats = [pairwise_distance(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+        result = evaluate_rank(re_ranking(*mats), *labels)
     wall = time.perf_counter() - t0
     out = {"mode": mode, "wall": wall, "rss_before": rss_before,
            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -239,11 +246,51 @@ def assert_identical(a, b) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
+def _save(arrays: tuple, prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    for name, arr in zip(_NAMES, arrays):
+        np.save(folder / f"{name}.npy", arr)
+    return folder
+
+
+def _run_worker(mode: str, folder: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(folder)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _remove(folder: Path) -> None:
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+
+
+def rerank_section(args: argparse.Namespace) -> None:
+    """k-reciprocal re-ranking at Market size: from features (streamed) vs from the matrices."""
+    feats = market_like(args.seed)
+    folder = _save(feats, "hareid_rerank_")
+    print(f"\nk-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) at Market size, "
+          f"{len(feats[0])} x {len(feats[1])}, each in its own process:")
+    del feats
+    recs = {m: _run_worker(m, folder) for m in ("rerank_features", "rerank_matrix")}
+    print(f"| {'re-ranking + metrics':40s} | {'wall (s)':>8s} | {'peak RSS':>9s} | "
+          f"{'RSS - before':>12s} | {'mAP':>7s} | {'R-1':>6s} |")
+    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 11}|{'-' * 14}|{'-' * 9}|{'-' * 8}|")
+    for mode, name in (("rerank_features", "KReciprocal from features (streamed)"),
+                       ("rerank_matrix", "re_ranking(q_g, q_q, g_g matrices)")):
+        r = recs[mode]
+        print(f"| {name:40s} | {r['wall']:8.2f} | {r['peak_rss'] / 2**30:5.2f} GiB | "
+              f"{(r['peak_rss'] - r['rss_before']) / 2**30:8.2f} GiB | {100 * r['mAP']:7.3f} | "
+              f"{100 * r['rank1']:6.2f} |")
+    a, b = (np.load(folder / f"result_{m}.npz") for m in recs)
+    print(f"largest per-query AP difference: {np.abs(a['ap'] - b['ap']).max():.2e}; "
+          f"CMC difference: {np.abs(a['cmc'] - b['cmc']).max():.2e}")
+    _remove(folder)
+
+
 def msmt_section(args: argparse.Namespace) -> None:
     t, (qf, gf, *labels) = timed(lambda: msmt_like(args.seed))
-    folder = Path(tempfile.mkdtemp(prefix="hareid_msmt_"))
-    for name, arr in zip(_NAMES, (qf, gf, *labels)):
-        np.save(folder / f"{name}.npy", arr)
+    folder = _save((qf, gf, *labels), "hareid_msmt_")
     num_q, num_g = len(qf), len(gf)
     feat_bytes = qf.nbytes + gf.nbytes
     del qf, gf
@@ -257,9 +304,7 @@ def msmt_section(args: argparse.Namespace) -> None:
         if rep == 0 and args.full_msmt:
             modes = [*modes, "full"]
         for mode in modes:
-            proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(folder)],
-                                  capture_output=True, text=True, check=True)
-            rec = json.loads(proc.stdout.strip().splitlines()[-1])
+            rec = _run_worker(mode, folder)
             runs[mode].append(rec)
             print(f"  {mode:6s} {rec['wall']:7.2f} s  peak RSS {rec['peak_rss'] / 2**30:.2f} GiB",
                   flush=True)
@@ -293,22 +338,7 @@ def msmt_section(args: argparse.Namespace) -> None:
     if runs["full"]:
         print("streamed numbers asserted identical to the full matrix's (cmc, per-query AP/INP, "
               "valid mask)")
-    for f in folder.iterdir():
-        f.unlink()
-    folder.rmdir()
-
-
-def cpu_model() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines()
-                    if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info.splitlines()
-                     if line.startswith("flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-        return f"{name} ({os.cpu_count()} cores visible; {' '.join(isa)})"
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+    _remove(folder)
 
 
 def main() -> None:
@@ -324,16 +354,19 @@ def main() -> None:
                     help="interleaved rounds of the MSMT17-size contenders (median reported)")
     ap.add_argument("--no-full-msmt", dest="full_msmt", action="store_false",
                     help="skip the full-matrix run at MSMT17 size (~4.7 GB, for the equality check)")
+    ap.add_argument("--rerank", action="store_true",
+                    help="also time k-reciprocal re-ranking at Market size (features vs matrices)")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]))
         return
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"numpy {np.__version__}")
+    print(f"{machine_line()}; numpy {np.__version__}")
     if not args.skip_market:
         market_section(args)
+    if args.rerank:
+        rerank_section(args)
     if not args.skip_msmt:
         msmt_section(args)
 

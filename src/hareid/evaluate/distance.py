@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 METRICS = ("euclidean", "cosine")
-_BLOCK_BYTES = 64 * 2**20  # GEMM output per block of query rows
+_BLOCK_BYTES = 256 * 2**20  # GEMM output per block of query rows
 
 
 def block_rows(num_g: int) -> int:

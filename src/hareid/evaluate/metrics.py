@@ -172,7 +172,7 @@ def _float32_keys(rows: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 
 def _counts_in_rows(block: np.ndarray, rows: np.ndarray, vals: np.ndarray,
-                    sparse_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+                    sparse_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Per (row, val): #entries of block[row] < val and <= val.
 
     block: (R, G) unsorted; rows: (P,) ascending; vals: (P,) ascending within each row.
