@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hareid.evaluate.distance import pairwise_distance
+from hareid.evaluate.distance import DistanceBlocks, pairwise_distance
 from hareid.evaluate.metrics import evaluate_rank
-from hareid.evaluate.rerank import re_ranking
+from hareid.evaluate.rerank import KReciprocal, re_ranking
 
 
 def dense_reference(qg, qq, gg, k1, k2, lam):
@@ -118,6 +118,43 @@ def test_does_not_hurt_and_usually_helps_on_clustered_features():
         after = evaluate_rank(re_ranking(qg, qq, gg), qp, gp, qc, gc).mAP
         gains.append(after - before)
     assert min(gains) > -0.01 and np.mean(gains) > 0.02, gains
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("seed,k1,k2", [(0, 20, 6), (1, 5, 3), (2, 7, 1), (4, 50, 6)])
+def test_from_features_equals_matrix_version(seed, k1, k2, metric):
+    """KReciprocal (features, no N x N matrix) vs re_ranking on the three matrices and the dense
+    reference: equal to float32 rounding (1e-5; the distances it looks up are computed in other
+    GEMM blocks or as single dot products, ~1e-7 apart)."""
+    qf, gf, qp, gp = _problem(seed)
+    qg, qq, gg = (pairwise_distance(a, b, metric) for a, b in ((qf, gf), (qf, qf), (gf, gf)))
+    ours = KReciprocal(qf, gf, metric, k1=k1, k2=k2, lambda_value=0.3).rows(0, len(qf), qg)
+    np.testing.assert_allclose(ours, re_ranking(qg, qq, gg, k1=k1, k2=k2), atol=1e-5)
+    np.testing.assert_allclose(ours, dense_reference(qg, qq, gg, k1, k2, 0.3), atol=2e-5)
+    cams = (np.zeros(len(qp), int), np.ones(len(gp), int))
+    a = evaluate_rank(ours, qp, gp, *cams)
+    b = evaluate_rank(re_ranking(qg, qq, gg, k1=k1, k2=k2), qp, gp, *cams)
+    np.testing.assert_allclose(a.cmc, b.cmc, atol=1e-6)
+    assert abs(a.mAP - b.mAP) < 1e-6
+
+
+def test_from_features_holds_one_block_of_rows(monkeypatch):
+    """The neighbour pass computes the joint (N, N) rows a bounded block at a time, each once."""
+    qf, gf, _, _ = _problem(3, Q=20, G=70)
+    seen = []
+    call = DistanceBlocks.__call__
+
+    def spy(self, r0, r1, out=None):
+        block = call(self, r0, r1, out)
+        seen.append(block.shape)
+        return block
+
+    monkeypatch.setattr(DistanceBlocks, "__call__", spy)
+    kr = KReciprocal(qf, gf, k1=6, k2=3, block_rows=8)
+    assert max(s[0] for s in seen) <= 8 and {s[1] for s in seen} == {90}
+    assert sum(s[0] for s in seen) == 90  # every joint row once
+    qg = pairwise_distance(qf, gf)
+    np.testing.assert_allclose(kr.rows(5, 12, qg[5:12]), kr.rows(0, 20, qg)[5:12], atol=0)
 
 
 def test_shape_errors():

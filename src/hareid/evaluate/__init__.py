@@ -4,6 +4,8 @@
 * :mod:`~hareid.evaluate.distance` - chunked query x gallery distances.
 * :mod:`~hareid.evaluate.metrics` - CMC / mAP / mINP under the Market-1501, official and CUHK03 rules.
 * :mod:`~hareid.evaluate.rerank` - k-reciprocal re-ranking.
+* :mod:`~hareid.evaluate.streaming` - :func:`evaluate_features`: metrics from features, a block of
+  query rows at a time (no Q x G matrix held).
 * :mod:`~hareid.evaluate.pipeline` - :func:`evaluate`: all of the above for a model and two loaders.
 """
 
@@ -11,6 +13,7 @@ from hareid.evaluate.distance import pairwise_distance
 from hareid.evaluate.features import FeatureSet, extract_features
 from hareid.evaluate.metrics import PROTOCOLS, RankResult, evaluate_rank
 from hareid.evaluate.pipeline import EvalResult, evaluate
+from hareid.evaluate.streaming import evaluate_features
 
 __all__ = [
     "PROTOCOLS",
@@ -18,6 +21,7 @@ __all__ = [
     "FeatureSet",
     "RankResult",
     "evaluate",
+    "evaluate_features",
     "evaluate_rank",
     "extract_features",
     "pairwise_distance",

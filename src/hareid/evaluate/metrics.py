@@ -22,12 +22,18 @@ INP = (number of correct matches) / (rank of the hardest correct match), average
 Speed: the Market-1501 path never argsorts the distance matrix. The rank of a correct match is
 ``#kept non-matches closer + #correct matches closer + 1``, so per chunk of query rows it only
 has to place the (few) correct matches among the row's values: entries farther than the row's
-hardest match cannot matter, so when the rest are few (a good model) they are gathered and
-sorted as packed (row, float32) integer keys, else whole rows are value-sorted (SIMD sort, ~5x
-faster than argsort here) and searched with a vectorised binary search. Chunks run in threads. Rows where a correct match ties with a kept
-negative (the only case where tie order changes a metric) are recomputed exactly with
-``np.argsort`` of that row, which reproduces torchreid's tie order (or the stable order of the
-official protocol). Memory beyond the input is one chunk of sorted rows plus O(#same-pid pairs).
+hardest match cannot matter, so in rows where the rest are few (a good model) they are gathered
+and sorted as packed (row, float32) integer keys, and rows with many are value-sorted whole (SIMD
+sort, ~5x faster than argsort here) and searched with a vectorised binary search. Chunks run in
+threads. Rows where a correct match ties with a kept negative (the only case where tie order
+changes a metric) are recomputed exactly with ``np.argsort`` of that row, which reproduces
+torchreid's tie order (or the stable order of the official protocol). Memory beyond the input is
+one chunk of sorted rows per thread plus O(#same-pid pairs).
+
+One implementation: :class:`RankScorer` scores any block of query rows and keeps per-query
+results; :func:`evaluate_rank` feeds it the rows of a matrix, the streaming evaluation
+(:func:`hareid.evaluate.evaluate_features`) blocks computed from features, so both give the same
+numbers from the same distances.
 """
 
 from __future__ import annotations
@@ -166,30 +172,51 @@ def _float32_keys(rows: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 
 def _counts_in_rows(block: np.ndarray, rows: np.ndarray, vals: np.ndarray,
-                    sparse_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+                    sparse_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Per (row, val): #entries of block[row] < val and <= val.
 
     block: (R, G) unsorted; rows: (P,) ascending; vals: (P,) ascending within each row.
-    Only entries <= the row's largest val matter; when those are few (a good model ranks its
-    matches early) they are gathered, keyed (float32) and sorted, else whole rows are sorted.
+    Only entries <= the row's largest val matter; in rows where those are few (a good model
+    ranks its matches early) they are gathered, keyed (float32) and sorted; rows with many
+    (more than ``sparse_fraction`` of the row) are sorted whole.
     """
     num_rows, width = block.shape
-    if block.dtype == np.float32 and len(rows):
+    lt = np.zeros(len(rows), dtype=np.int64)
+    le = np.zeros(len(rows), dtype=np.int64)
+    if len(rows) == 0 or width == 0:
+        return lt, le
+    dense_rows = np.arange(num_rows)
+    if block.dtype == np.float32:
         last = np.r_[rows[1:] != rows[:-1], True]
         tmax = np.full(num_rows, -np.inf, dtype=np.float32)
         tmax[rows[last]] = vals[last]
         near = block <= tmax[:, None]  # (R, G) entries that can matter
         if np.count_nonzero(near) <= sparse_fraction * block.size:
-            idx = np.flatnonzero(near)  # (M,)
-            keys = _float32_keys(idx // width, block.ravel()[idx])
-            keys.sort()
-            row0 = np.searchsorted(keys, rows.astype(np.uint64) << np.uint64(32))
-            pk = _float32_keys(rows, vals)
-            return (np.searchsorted(keys, pk, side="left") - row0,
-                    np.searchsorted(keys, pk, side="right") - row0)
-    flat = np.sort(block, axis=1).ravel()  # (R * G,)
-    return (_count_before(flat, width, rows, vals, strict=True),
-            _count_before(flat, width, rows, vals, strict=False))
+            dense_rows = dense_rows[:0]
+        else:  # a few far matches: sort those rows whole, key the others
+            dense = near.sum(1) > sparse_fraction * width  # (R,)
+            dense_rows = np.flatnonzero(dense)
+            near[dense_rows] = False
+        sel = ~np.isin(rows, dense_rows) if len(dense_rows) else slice(None)
+        idx = np.flatnonzero(near)  # (M,)
+        keys = _float32_keys(idx // width, block.ravel()[idx])
+        keys.sort()
+        r, v = rows[sel], vals[sel]
+        row0 = np.searchsorted(keys, r.astype(np.uint64) << np.uint64(32))
+        pk = _float32_keys(r, v)
+        lt[sel] = np.searchsorted(keys, pk, side="left") - row0
+        le[sel] = np.searchsorted(keys, pk, side="right") - row0
+        if len(dense_rows) == 0:
+            return lt, le
+    if len(dense_rows) == num_rows:
+        sel, local, flat = slice(None), rows, np.sort(block, axis=1).ravel()  # (R * G,)
+    else:
+        sel = np.isin(rows, dense_rows)
+        local = np.searchsorted(dense_rows, rows[sel])  # row index within the sorted subset
+        flat = np.sort(block[dense_rows], axis=1).ravel()  # (R' * G,)
+    lt[sel] = _count_before(flat, width, local, vals[sel], strict=True)
+    le[sel] = _count_before(flat, width, local, vals[sel], strict=False)
+    return lt, le
 
 
 def _group_starts(keys: np.ndarray) -> np.ndarray:
@@ -239,124 +266,212 @@ def _exact_ranks(row: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray, q_pi
 
 
 # --------------------------------------------------------------------------------------------
-# Market-1501 (torchreid and official)
+# the chunk scorer: every protocol, one block of query rows at a time
 
 
-def _market(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, official: bool,
-            chunk_rows: int | None, num_threads: int | None):
-    """Returns (valid (Q,), ap (Q,), inp (Q,), first_rank (Q,)) for every query (0 where invalid)."""
-    num_q, num_g = distmat.shape
-    qi, gi = _same_pid_pairs(q_pids, g_pids)
-    junk = g_camids[gi] == q_camids[qi]  # (P,) same pid and camera: dropped
-    d = distmat[qi, gi]  # (P,)
-    # sort pairs by (query, distance)
-    order = np.lexsort((d, qi))
-    qi, gi, junk, d = qi[order], gi[order], junk[order], d[order]
-    run_start, run_end = _run_bounds(qi, d)
-    grp_start = _group_starts(qi)
-    same_lt = run_start - grp_start  # same-pid entries strictly closer
-    same_le = run_end - grp_start  # same-pid entries closer or equal (incl. itself)
+def default_chunk_rows(num_g: int, itemsize: int = 4) -> int:
+    """Rows scored at once by one thread (~16 MiB of distances)."""
+    return max(1, _CHUNK_BYTES // max(1, num_g * itemsize))
 
-    pos = ~junk  # only correct matches need a place in their row
-    qp, dp, sp_lt, sp_le = qi[pos], d[pos], same_lt[pos], same_le[pos]
-    neg_lt = np.empty(len(qp), dtype=np.int64)  # kept non-matches strictly closer
-    neg_eq = np.empty(len(qp), dtype=np.int64)  # kept non-matches at exactly the same distance
-    if chunk_rows is None:
-        chunk_rows = max(1, _CHUNK_BYTES // max(1, num_g * distmat.dtype.itemsize))
-    starts = list(range(0, num_q, chunk_rows))
-    bounds = np.searchsorted(qp, np.arange(0, num_q + chunk_rows, chunk_rows))
 
-    def place(c: int) -> None:  # one chunk of rows: place its correct matches among all entries
-        p0, p1 = bounds[c], bounds[c + 1]
-        if p0 == p1:
+class RankScorer:
+    """Scores query rows of a distance matrix block by block; the one metric implementation.
+
+    ``add(block, r0)`` scores rows ``r0 .. r0 + len(block)`` of the (num_query, num_gallery)
+    matrix (the full gallery, junk columns included); ``result()`` returns the
+    :class:`RankResult`. Market protocols accept blocks in any order and from several threads at
+    once (each block writes only its own queries' entries); ``"cuhk03"`` draws its random gallery
+    samples query by query, so its blocks must come in query order from one thread.
+    :func:`evaluate_rank` feeds it the rows of a matrix, :func:`hareid.evaluate.evaluate_features`
+    blocks computed from features and dropped after scoring.
+    """
+
+    def __init__(self, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+                 protocol: str = "market1501", max_rank: int = 50, *, num_repeats: int = 10,
+                 seed: int = 0):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        q_pids, g_pids, q_camids, g_camids = (_as_array(a).reshape(-1)
+                                              for a in (q_pids, g_pids, q_camids, g_camids))
+        for name, a, b in (("q_camids", q_camids, q_pids), ("g_camids", g_camids, g_pids)):
+            if len(a) != len(b):
+                raise ValueError(f"{name} has {len(a)} entries, the pids {len(b)}")
+        self.protocol, self.num_repeats = protocol, num_repeats
+        self.num_gallery = len(g_pids)  # columns of the blocks given to add()
+        self.keep: np.ndarray | None = None  # official devkit: pid -1 gallery images are junk
+        if protocol == "market1501_official" and (g_pids == -1).any():
+            self.keep = g_pids != -1
+            g_pids, g_camids = g_pids[self.keep], g_camids[self.keep]
+        self.q_pids, self.g_pids, self.q_camids, self.g_camids = q_pids, g_pids, q_camids, g_camids
+        num_q = len(q_pids)
+        self.max_rank = max(1, min(int(max_rank), len(g_pids)))
+        self.valid = np.zeros(num_q, dtype=bool)
+        self.ap = np.zeros(num_q)
+        self.inp = np.zeros(num_q)
+        self.first = np.zeros(num_q, dtype=np.int64)  # 1-based rank of the first match
+        if protocol == "cuhk03":
+            self._rs = np.random.RandomState(seed)
+            self._cmc_sum = np.zeros(self.max_rank)
+            self._next_row = 0
+        else:
+            qi, gi = _same_pid_pairs(q_pids, g_pids)  # grouped by query, ascending
+            self._qi, self._gi = qi, gi
+            self._junk = g_camids[gi] == q_camids[qi]  # same pid and camera: dropped
+
+    @property
+    def num_query(self) -> int:
+        return len(self.q_pids)
+
+    def add(self, block: Any, r0: int) -> None:
+        """Score query rows r0 .. r0 + len(block); block: (rows, num_gallery) distances."""
+        block = _as_array(block)
+        if block.ndim != 2 or block.shape[1] != self.num_gallery or r0 < 0 \
+                or r0 + block.shape[0] > self.num_query:
+            raise ValueError(f"block of shape {block.shape} at row {r0} does not fit a "
+                             f"({self.num_query}, {self.num_gallery}) distance matrix")
+        if self.keep is not None:
+            block = block[:, self.keep]
+        if self.protocol == "cuhk03":
+            if r0 != self._next_row:
+                raise ValueError(f"cuhk03 scores rows in order: expected row {self._next_row}, "
+                                 f"got {r0}")
+            self._cuhk03_rows(block, r0)
+            self._next_row = r0 + len(block)
+        else:
+            self._market_rows(block, r0)
+
+    def add_rows(self, block: Any, r0: int = 0, chunk_rows: int | None = None,
+                 num_threads: int | None = None, pool: ThreadPoolExecutor | None = None) -> None:
+        """:meth:`add` in chunks of ``chunk_rows`` rows (default ~16 MiB each), several threads
+        at once for the Market protocols (numpy's sorts and compares release the GIL)."""
+        block = _as_array(block)
+        rows = chunk_rows or default_chunk_rows(self.num_gallery, block.dtype.itemsize)
+        starts = range(0, block.shape[0], rows)
+        if self.protocol == "cuhk03":
+            for s in starts:
+                self.add(block[s:s + rows], r0 + s)
             return
-        r0 = starts[c]
-        n_lt, n_le = _counts_in_rows(distmat[r0:r0 + chunk_rows], qp[p0:p1] - r0, dp[p0:p1])
-        lt, le = sp_lt[p0:p1], sp_le[p0:p1]
-        neg_lt[p0:p1] = n_lt - lt
-        neg_eq[p0:p1] = (n_le - n_lt) - (le - lt)
 
-    workers = min(len(starts), num_threads or min(8, os.cpu_count() or 1))
-    if workers > 1:  # numpy's sort and compares release the GIL: chunks run in parallel
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(place, range(len(starts))))
-    else:
-        for c in range(len(starts)):
-            place(c)
+        def one(s: int) -> None:
+            self.add(block[s:s + rows], r0 + s)
 
-    k = np.arange(len(qp)) - _group_starts(qp) + 1  # 1-based index among correct matches
-    rank = neg_lt + k  # 1-based rank in the junk-free list
+        workers = min(len(starts), num_threads or _default_threads())
+        if pool is not None and len(starts) > 1:
+            list(pool.map(one, starts))
+        elif workers > 1:
+            with ThreadPoolExecutor(workers) as own:
+                list(own.map(one, starts))
+        else:
+            for s in starts:
+                one(s)
 
-    valid = np.zeros(num_q, dtype=bool)
-    valid[qp] = True
-    num_pos = np.bincount(qp, minlength=num_q)
-    ap_sum = np.bincount(qp, weights=_ap_terms(k, rank, official), minlength=num_q)
-    first = np.zeros(num_q, dtype=np.int64)
-    last = np.zeros(num_q, dtype=np.int64)
-    if len(qp):
-        is_first = np.ones(len(qp), dtype=bool)
-        is_first[1:] = qp[1:] != qp[:-1]
-        first[qp[is_first]] = rank[is_first]
-        is_last = np.append(is_first[1:], True)
-        last[qp[is_last]] = rank[is_last]
+    def _market_rows(self, block: np.ndarray, r0: int) -> None:
+        r1 = r0 + block.shape[0]
+        p0, p1 = np.searchsorted(self._qi, (r0, r1))
+        if p0 == p1:
+            return  # no query of these rows has a same-pid gallery entry
+        official = self.protocol == "market1501_official"
+        qi, gi, junk = self._qi[p0:p1] - r0, self._gi[p0:p1], self._junk[p0:p1]  # local rows
+        d = block[qi, gi]  # (P,) their distances
+        order = np.lexsort((d, qi))  # pairs by (query, distance)
+        qi, junk, d = qi[order], junk[order], d[order]
+        run_start, run_end = _run_bounds(qi, d)
+        grp_start = _group_starts(qi)
+        pos = ~junk  # only correct matches need a place in their row
+        qp, dp = qi[pos], d[pos]
+        same_lt = (run_start - grp_start)[pos]  # same-pid entries strictly closer
+        same_le = (run_end - grp_start)[pos]  # same-pid entries closer or equal (incl. itself)
+        n_lt, n_le = _counts_in_rows(block, qp, dp)
+        neg_lt = n_lt - same_lt  # kept non-matches strictly closer
+        neg_eq = (n_le - n_lt) - (same_le - same_lt)  # kept non-matches at the same distance
+        k = np.arange(len(qp)) - _group_starts(qp) + 1  # 1-based index among correct matches
+        rank = neg_lt + k  # 1-based rank in the junk-free list
 
-    # rows where a correct match ties with a kept negative: the tie order matters -> exact
-    for q in np.unique(qp[neg_eq > 0]):
-        ranks = _exact_ranks(distmat[q], g_pids, g_camids, q_pids[q], q_camids[q], stable=official)
-        kk = np.arange(1, len(ranks) + 1)
-        ap_sum[q] = _ap_terms(kk, ranks, official).sum()
-        first[q], last[q] = ranks[0], ranks[-1]
+        rows = r1 - r0
+        num_pos = np.bincount(qp, minlength=rows)
+        ap_sum = np.bincount(qp, weights=_ap_terms(k, rank, official), minlength=rows)
+        first = np.zeros(rows, dtype=np.int64)
+        last = np.zeros(rows, dtype=np.int64)
+        if len(qp):
+            is_first = np.ones(len(qp), dtype=bool)
+            is_first[1:] = qp[1:] != qp[:-1]
+            first[qp[is_first]] = rank[is_first]
+            is_last = np.append(is_first[1:], True)
+            last[qp[is_last]] = rank[is_last]
+        # rows where a correct match ties with a kept negative: the tie order matters -> exact
+        for q in np.unique(qp[neg_eq > 0]):
+            ranks = _exact_ranks(block[q], self.g_pids, self.g_camids, self.q_pids[r0 + q],
+                                 self.q_camids[r0 + q], stable=official)
+            kk = np.arange(1, len(ranks) + 1)
+            ap_sum[q] = _ap_terms(kk, ranks, official).sum()
+            first[q], last[q] = ranks[0], ranks[-1]
+        valid = num_pos > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.ap[r0:r1] = np.where(valid, ap_sum / np.maximum(num_pos, 1), 0.0)
+            self.inp[r0:r1] = np.where(valid, num_pos / np.maximum(last, 1), 0.0)
+        self.valid[r0:r1] = valid
+        self.first[r0:r1] = first
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(valid, ap_sum / np.maximum(num_pos, 1), 0.0)
-        inp = np.where(valid, num_pos / np.maximum(last, 1), 0.0)
-    return valid, ap, inp, first
+    def _cuhk03_rows(self, block: np.ndarray, r0: int) -> None:
+        g_pids, g_camids = self.g_pids, self.g_camids
+        for i in range(block.shape[0]):
+            q = r0 + i
+            order = np.argsort(block[i])  # same tie order as torchreid
+            gp, gc = g_pids[order], g_camids[order]
+            kept = gp[~((gp == self.q_pids[q]) & (gc == self.q_camids[q]))]  # junk-free pids
+            match = np.flatnonzero(kept == self.q_pids[q])
+            if len(match) == 0:
+                continue
+            self.valid[q] = True
+            ranks = match + 1
+            kk = np.arange(1, len(ranks) + 1)
+            self.ap[q] = _ap_terms(kk, ranks, official=False).mean()
+            self.inp[q] = len(ranks) / ranks[-1]
+            self.first[q] = ranks[0]
+            # identities in order of first appearance; their positions ascending within each group
+            uniq, first_pos, inverse = np.unique(kept, return_index=True, return_inverse=True)
+            by_group = np.argsort(inverse, kind="stable")  # positions grouped by identity
+            counts = np.bincount(inverse)
+            starts = np.cumsum(counts) - counts
+            appear = np.argsort(first_pos)  # group ids in order of first appearance
+            own = int(np.flatnonzero(uniq[appear] == self.q_pids[q])[0])
+            for _ in range(self.num_repeats):
+                pick = self._rs.randint(0, counts[appear])  # one image per identity, peer's draws
+                chosen = by_group[starts[appear] + pick]  # (num_ids,) positions in the list
+                hit = int((chosen < chosen[own]).sum())  # 0-based rank of the true match
+                if hit < self.max_rank:
+                    self._cmc_sum[hit:] += 1.0
+
+    def result(self) -> RankResult:
+        """The metrics of every row added so far (all rows, for the evaluation's numbers).
+
+        Raises ``ValueError`` when no query has a correct match."""
+        valid, ap = self.valid, self.ap
+        num_valid = int(valid.sum())
+        if num_valid == 0:
+            raise ValueError("no query has a correct match in the gallery (check pids and camids)")
+        if self.protocol == "cuhk03":
+            cmc = (self._cmc_sum / self.num_repeats / num_valid).astype(np.float32)
+            mAP = float(ap[valid].mean())
+        elif self.protocol == "market1501_official":
+            denom = self.num_query  # the devkit averages over all queries (no match -> AP 0)
+            cmc = _cmc_from_first(self.first, valid, self.max_rank, denom)
+            mAP = float(ap.sum() / denom)
+        else:
+            cmc = _cmc_from_first(self.first, valid, self.max_rank, num_valid)
+            mAP = float(ap[valid].mean())
+        return RankResult(cmc=cmc, mAP=mAP, mINP=float(self.inp[valid].mean()), ap=ap[valid].copy(),
+                          valid=valid.copy(), num_valid=num_valid, protocol=self.protocol,
+                          inp=self.inp[valid].copy())
+
+
+def _default_threads() -> int:
+    return min(8, os.cpu_count() or 1)
 
 
 def _cmc_from_first(first: np.ndarray, valid: np.ndarray, max_rank: int, denom: int) -> np.ndarray:
     hist = np.bincount(np.minimum(first[valid] - 1, max_rank), minlength=max_rank + 1)[:max_rank]
     return (np.cumsum(hist) / max(denom, 1)).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# CUHK03 classic
-
-
-def _cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, num_repeats, seed):
-    num_q = distmat.shape[0]
-    rs = np.random.RandomState(seed)
-    valid = np.zeros(num_q, dtype=bool)
-    ap = np.zeros(num_q)
-    inp = np.zeros(num_q)
-    cmc_sum = np.zeros(max_rank)
-    for q in range(num_q):
-        order = np.argsort(distmat[q])  # same tie order as torchreid
-        gp, gc = g_pids[order], g_camids[order]
-        kept = gp[~((gp == q_pids[q]) & (gc == q_camids[q]))]  # junk-free ranked pids
-        match = np.flatnonzero(kept == q_pids[q])
-        if len(match) == 0:
-            continue
-        valid[q] = True
-        ranks = match + 1
-        kk = np.arange(1, len(ranks) + 1)
-        ap[q] = _ap_terms(kk, ranks, official=False).mean()
-        inp[q] = len(ranks) / ranks[-1]
-        # identities in order of first appearance; their positions ascending within each group
-        uniq, first_pos, inverse = np.unique(kept, return_index=True, return_inverse=True)
-        by_group = np.argsort(inverse, kind="stable")  # positions grouped by identity
-        counts = np.bincount(inverse)
-        starts = np.cumsum(counts) - counts
-        appear = np.argsort(first_pos)  # group ids in order of first appearance
-        own = int(np.flatnonzero(uniq[appear] == q_pids[q])[0])
-        for _ in range(num_repeats):
-            pick = rs.randint(0, counts[appear])  # one image per identity, same draws as peer
-            chosen = by_group[starts[appear] + pick]  # (num_ids,) positions in the ranked list
-            hit = int((chosen < chosen[own]).sum())  # 0-based rank of the true match
-            if hit < max_rank:
-                cmc_sum[hit:] += 1.0
-    num_valid = int(valid.sum())
-    cmc = (cmc_sum / num_repeats / max(num_valid, 1)).astype(np.float32)
-    return valid, ap, inp, cmc
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,44 +505,13 @@ def evaluate_rank(
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     distmat, q_pids, g_pids, q_camids, g_camids = _check_inputs(
         distmat, q_pids, g_pids, q_camids, g_camids)
-    if protocol == "market1501_official":
-        keep = g_pids != -1  # devkit: pid -1 gallery images are junk for every query
-        if not keep.all():
-            distmat, g_pids, g_camids = distmat[:, keep], g_pids[keep], g_camids[keep]
-    num_q, num_g = distmat.shape
-    max_rank = max(1, min(int(max_rank), num_g))
-
-    if protocol == "cuhk03":
-        valid, ap, inp, cmc = _cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,
-                                      num_repeats, seed)
-    else:
-        official = protocol == "market1501_official"
-        valid, ap, inp, first = _market(distmat, q_pids, g_pids, q_camids, g_camids, official,
-                                        chunk_rows, num_threads)
-    num_valid = int(valid.sum())
-    if num_valid == 0:
-        raise ValueError("no query has a correct match in the gallery (check pids and camids)")
-    if protocol == "market1501_official":
-        denom = num_q  # the devkit averages over all queries (no match -> AP 0)
-        cmc = _cmc_from_first(first, valid, max_rank, denom)
-        mAP = float(ap.sum() / denom)
-    else:
-        if protocol == "market1501":
-            cmc = _cmc_from_first(first, valid, max_rank, num_valid)
-        mAP = float(ap[valid].mean())
-    return RankResult(
-        cmc=cmc,
-        mAP=mAP,
-        mINP=float(inp[valid].mean()),
-        ap=ap[valid],
-        valid=valid,
-        num_valid=num_valid,
-        protocol=protocol,
-        inp=inp[valid],
-    )
+    scorer = RankScorer(q_pids, g_pids, q_camids, g_camids, protocol, max_rank,
+                        num_repeats=num_repeats, seed=seed)
+    scorer.add_rows(distmat, 0, chunk_rows, num_threads)
+    return scorer.result()
 
 
-__all__ = ["PROTOCOLS", "RankResult", "count_valid_queries", "evaluate_rank"]
+__all__ = ["PROTOCOLS", "RankResult", "RankScorer", "count_valid_queries", "evaluate_rank"]
 
 
 def count_valid_queries(q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> int:

@@ -11,22 +11,38 @@ import numpy as np
 import torch
 from torch import nn
 
-from hareid.evaluate.distance import pairwise_distance
 from hareid.evaluate.features import FeatureSet, extract_features
-from hareid.evaluate.metrics import RankResult, evaluate_rank
+from hareid.evaluate.metrics import RankResult
+from hareid.evaluate.streaming import RankedLists, score_features
+
+RANKED_K = 50  # closest gallery entries kept per query for ranked-list pictures
 
 
 @dataclass
 class EvalResult:
-    """A full evaluation: metrics, the features behind them and the (query, gallery) distances."""
+    """A full evaluation: metrics, the features behind them and the (query, gallery) distances.
+
+    ``distmat`` is kept for small problems only (None once the evaluation streams, see
+    :mod:`hareid.evaluate.streaming`); ``ranked`` holds each query's closest gallery entries
+    either way, and :meth:`distance_row` gives a row for ranked-list pictures from whichever is kept.
+    """
 
     rank: RankResult
     query: FeatureSet
     gallery: FeatureSet
-    distmat: np.ndarray  # (Q, G) float32, after re-ranking if it was on
+    distmat: np.ndarray | None  # (Q, G) float32, after re-ranking if it was on
     metric: str = "euclidean"
     flip: bool = False
     rerank: bool = False
+    ranked: RankedLists | None = None
+
+    def distance_row(self, q: int) -> np.ndarray:
+        """(G,) distances of query ``q``: its matrix row, or its top entries with +inf elsewhere."""
+        if self.distmat is not None:
+            return self.distmat[q]
+        if self.ranked is None:
+            raise ValueError("this EvalResult kept neither the distance matrix nor ranked lists")
+        return self.ranked.row(q)
 
     @property
     def mAP(self) -> float:
@@ -84,16 +100,10 @@ def evaluate(
     if distributed and not hdist.is_main_process():
         return None
     qs, gs = sets
-    distmat = pairwise_distance(qs.features, gs.features, metric)
-    if rerank:
-        from hareid.evaluate.rerank import re_ranking
-
-        q_q = pairwise_distance(qs.features, qs.features, metric)
-        g_g = pairwise_distance(gs.features, gs.features, metric)
-        distmat = re_ranking(distmat, q_q, g_g, **(rerank_kwargs or {}))
-    result = evaluate_rank(distmat, qs.pids, gs.pids, qs.camids, gs.camids, max_rank=max_rank,
-                           protocol=protocol)
-    return EvalResult(result, qs, gs, distmat, metric, flip, rerank)
+    res = score_features(qs.features, gs.features, qs.pids, gs.pids, qs.camids, gs.camids, metric,
+                         protocol, max_rank, rerank=(rerank_kwargs or True) if rerank else None,
+                         top_k=RANKED_K, progress=progress)
+    return EvalResult(res.rank, qs, gs, res.distmat, metric, flip, rerank, res.ranked)
 
 
 __all__ = ["EvalResult", "evaluate"]
