@@ -135,10 +135,15 @@ def race(steps: dict[str, Callable[[], object]], repeats: int, warmup: int, cloc
 
 
 # ------------------------------------------------------------------------------------------- steps
-def infer(model: nn.Module, x: torch.Tensor, bf16: bool = True) -> Callable[[], object]:
-    """``model(x)`` under inference mode, in bf16 autocast when ``bf16``."""
+def infer(model: nn.Module, x: torch.Tensor, bf16: bool = True, freezing: bool = False) -> Callable[[], object]:
+    """``model(x)`` under inference mode, in bf16 autocast when ``bf16``; ``freezing``: Inductor
+    freezing on (read from the global config when compiling; ``torch.compile(options=...)`` does not
+    reach it in torch 2.14)."""
+    import torch._inductor.config as inductor_config
+
     def step() -> None:
-        with torch.inference_mode(), autocast(bf16):
+        frz = inductor_config.patch(freezing=True) if freezing else contextlib.nullcontext()
+        with torch.inference_mode(), autocast(bf16), frz:
             model(x)
     return step
 
@@ -223,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_compile:
             log("compiling the peer (inference) ...")
             peer_cl = copy.deepcopy(peer_model).to(memory_format=CL)
-            compiled_peer = torch.compile(peer_cl, options={"freezing": True})
+            compiled_peer = torch.compile(peer_cl)
             steps["torchreid HACNN compiled (channels_last, bf16, freezing)"], compile_s["peer infer"] = timed_build(
-                lambda: infer(compiled_peer, x_cl))
+                lambda: infer(compiled_peer, x_cl, freezing=True))
             log(f"  {compile_s['peer infer']:.0f} s")
     steps["hareid model.eval() (bf16 autocast)"] = infer(hareid, x)
     fused_bf16 = optimize_for_inference(hareid, dtype=torch.bfloat16)

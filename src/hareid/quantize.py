@@ -1,11 +1,11 @@
 """int8 inference on CPU: static quantisation of the hareid inference graph with ONNX Runtime.
 
 :func:`quantize_int8` exports the float32 inference graph of :func:`hareid.inference.optimize_for_inference`
-(BN folded, factorised soft attention) to ONNX, calibrates activation ranges on a few hundred
-images, and quantises it (QDQ format, per-channel int8 weights, uint8 activations; ONNX Runtime
-fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). The hard-attention path (pooled
-vector, translations, sampling grid) and ``GridSample`` stay float32: region positions keep
-sub-pixel precision. The result, an :class:`Int8Model`, maps float32 ``(B, 3, H, W)`` normalised
+(BN folded, factorised soft attention, regions sampled by two matrix products) to ONNX, calibrates
+activation ranges on a few hundred images, and quantises it (QDQ format, per-channel int8 weights,
+uint8 activations; ONNX Runtime fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). The
+hard-attention path (pooled vector, translations, sampling matrices) and the sampling products stay
+float32: region positions keep sub-pixel precision. The result, an :class:`Int8Model`, maps float32 ``(B, 3, H, W)`` normalised
 CPU images to float32 ``(B, D)`` embeddings and saves as a plain ``.onnx`` file.
 
 Why ONNX Runtime rather than PyTorch's PT2E x86 quantizer (torchao + Inductor): both were measured
@@ -82,11 +82,16 @@ def _batches(calibration: torch.Tensor | Iterable[Any], batch_size: int, limit: 
 
 
 def _float_only_nodes(graph: Any) -> list[str]:
-    """Names of the nodes computing GridSample's sampling grid (back to the pooled features), which
-    must stay float32: region coordinates quantised to 8 bits would move regions by a third of a pixel."""
+    """Names of the nodes computing the region sampling weights (back to the pooled features), which
+    must stay float32: region coordinates quantised to 8 bits would move regions by a third of a pixel.
+
+    The sampling is ``MatMul(rows, map)`` then ``MatMul(cols, .)`` (see
+    :func:`hareid.inference.sample_stripes`; ``GridSample`` with ``region_sampling="peer"``): the
+    weight operand of each and everything it is computed from are kept float."""
     producer = {out: node for node in graph.node for out in node.output}
     keep: set[str] = set()
     stack = [node.input[1] for node in graph.node if node.op_type == "GridSample"]
+    stack += [node.input[0] for node in graph.node if node.op_type == "MatMul"]
     while stack:
         node = producer.get(stack.pop())
         if node is None or node.name in keep:
