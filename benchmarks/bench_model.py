@@ -79,22 +79,19 @@ def load_peer() -> ModuleType | None:
 
 
 def cpu_info() -> str:
-    """CPU model, family/model numbers and the ISA flags that decide bf16 / int8 kernels."""
+    """:func:`_machine.machine_line` plus the CPU family/model numbers (which name the generation when
+    the model name does not, e.g. "AMD EPYC") and the torch CPU capability in use."""
+    from _machine import machine_line
+
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, val = line.partition(":")
             fields.setdefault(key.strip(), val.strip())
     except OSError:
-        return "CPU: unknown"
-    flags = set(fields.get("flags", "").split())
-    keep = ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile"]
-    present = [f for f in keep if f in flags]
-    absent = [f for f in ("avx512_bf16", "amx_bf16") if f not in flags]
-    return (f"CPU: {fields.get('model name', '?')} (vendor {fields.get('vendor_id', '?')}, family "
-            f"{fields.get('cpu family', '?')} model {fields.get('model', '?')}); ISA: {' '.join(present)}"
-            + (f"; no {' '.join(absent)}" if absent else "")
-            + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+        pass
+    return (f"{machine_line()}; vendor {fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
 def gflop_per_image(model: nn.Module, h: int, w: int) -> float:

@@ -27,7 +27,6 @@ import random
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,30 +34,17 @@ import torch
 warnings.filterwarnings("ignore")
 
 
-def cpu_line() -> str:
-    """CPU model and the ISA flags that matter for bf16 / int8 kernels."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    keep = ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"]
-    return f"{model}; {torch.get_num_threads()} threads; ISA: {' '.join(f for f in keep if f in flags) or 'n/a'}"
-
-
 def embed(fn, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     with torch.inference_mode():
         return torch.cat([fn(images[i:i + batch]).float() for i in range(0, len(images), batch)])
 
 
-def load(paths: list[str], h: int, w: int) -> torch.Tensor:
+def load(paths: list[str], info: dict) -> torch.Tensor:
+    """Decoded, resized, normalised (the model's mean/std) images ``(N, 3, H, W)``."""
     from hareid.api import load_images
 
-    return torch.cat([load_images(paths[i:i + 256], h, w) for i in range(0, len(paths), 256)])
+    h, w, mean, std = info["height"], info["width"], info.get("mean"), info.get("std")
+    return torch.cat([load_images(paths[i:i + 256], h, w, mean, std) for i in range(0, len(paths), 256)])
 
 
 def topk(q: torch.Tensor, g: torch.Tensor, k: int, exclude_self: bool) -> torch.Tensor:
@@ -83,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    from _machine import machine_line
 
     from hareid.api import list_images, load_model
     from hareid.inference import optimize_for_inference
@@ -116,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         calib_paths = list_images(args.calib)
         what += f"; calibration from {args.calib}"
     rng.shuffle(calib_paths)
-    calib = load(calib_paths[: args.calib_images], h, w)
+    calib = load(calib_paths[: args.calib_images], info)
 
     t0 = time.perf_counter()
     forms = {"fp32 (model.eval())": model.eval()}
@@ -126,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
 
     if labelled:
-        q_img, g_img = load([r.path for r in query], h, w), load([r.path for r in gallery], h, w)
+        q_img, g_img = load([r.path for r in query], info), load([r.path for r in gallery], info)
     else:
-        q_img = g_img = load(paths, h, w)
+        q_img = g_img = load(paths, info)
     feats = {}
     for name, fn in forms.items():
         t0 = time.perf_counter()
@@ -153,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"Retrieval parity vs float32 ({what}; {h}x{w}; checkpoint {args.checkpoint})")
-    print(f"CPU: {cpu_line()}")
+    print(machine_line())
     print()
     head = "| form | top-1 agreement | top-10 overlap |"
     sep = "|---|---:|---:|"

@@ -79,7 +79,7 @@ def test_bf16_close_to_eager_and_to_autocast(hacnn: nn.Module) -> None:
 @pytest.mark.parametrize(
     "options",
     [{"soft_attn": False}, {"hard_attn": False}, {"cross_attn": False}, {"local_branch": False},
-     {"region_sampling": "peer"}, {"num_regions": 3, "feature_dim": 64}, {"channels_last": False}],
+     {"region_sampling": "torchreid"}, {"num_regions": 3, "feature_dim": 64}, {"channels_last": False}],
 )
 def test_every_model_option(options: dict) -> None:
     model = trained_like(build_model("hacnn", num_classes=5, **options))
@@ -154,10 +154,21 @@ def test_bad_input_and_dtype(hacnn: nn.Module) -> None:
     with pytest.raises(ValueError, match="H >= "):
         net(torch.randn(2, 3, 16, 64))
     with pytest.raises(ValueError, match="dtype"):
-        optimize_for_inference(hacnn, dtype=torch.float16)
-    with pytest.raises(TypeError, match="HarmNet"):
-        optimize_for_inference(nn.Conv2d(3, 3, 1))
+        optimize_for_inference(hacnn, dtype=torch.int8)
     assert optimize_for_inference(hacnn, dtype="auto").dtype in (torch.float32, torch.bfloat16)
+
+
+def test_other_modules_get_the_generic_form() -> None:
+    """Not a HarmNet: BN folded, autocast in the dtype, float32 out; the module is not modified."""
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten())
+    trained_like(seq)
+    x = torch.randn(2, 3, 8, 8)
+    net = optimize_for_inference(seq)
+    torch.testing.assert_close(net(x), seq(x), atol=1e-5, rtol=0)
+    assert isinstance(seq[1], nn.BatchNorm2d)
+    low = optimize_for_inference(seq, dtype=torch.bfloat16)(x)
+    assert low.dtype == torch.float32 and float(F.cosine_similarity(low, seq(x)).min()) > 0.99
 
 
 def test_batch_independent(hacnn: nn.Module) -> None:

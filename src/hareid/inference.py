@@ -518,38 +518,62 @@ def inference_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
+class _InDtype(nn.Module):
+    """Any other module: runs ``net`` (BN-folded) under autocast in ``dtype``, returns float32."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device_type=x.device.type, dtype=self.dtype,
+                                                    enabled=self.dtype != torch.float32):
+            return self.net(x).float()
+
+
 def optimize_for_inference(
     model: nn.Module,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     compile: bool = False,
     compile_batch: int | None = None,
     **compile_kwargs: Any,
-) -> InferenceModel:
-    """The fastest in-process form of ``model``'s eval forward; ``model`` itself is not modified.
+) -> nn.Module:
+    """The network every hareid embedding runs: float32 ``(B, 3, H, W)`` -> float32 ``(B, D)``.
+
+    ``model`` itself is not modified.
 
     Args:
-        model: a :class:`hareid.models.core.HarmNet` (``hacnn``, ``resnet*_harm``), any mode/device.
-        dtype: run dtype, ``torch.float32`` or ``torch.bfloat16`` (``"auto"``: :func:`inference_dtype`
-            of the model's device). Weights are stored in it once.
+        model: a :class:`hareid.models.core.HarmNet` (``hacnn``, ``resnet*_harm``), any mode/device:
+            rewritten into an :class:`InferenceModel`. Any other module gets the generic form
+            (BN folded by :func:`fuse_for_inference`, autocast in ``dtype``).
+        dtype: run dtype: ``None`` / ``torch.float32``, ``torch.bfloat16`` (CPUs with native bf16,
+            CUDA), ``torch.float16`` (CUDA), or ``"auto"`` (:func:`inference_dtype` of the model's
+            device). A HarmNet's weights are stored in it once.
         compile: ``torch.compile`` the graph (Inductor with freezing; ~1-3 minutes on a CPU at the
-            first call, then the fastest form). It runs at one batch size, ``compile_batch`` (default:
-            the first call's): larger batches are chunked, smaller ones zero-padded.
+            first call, then the fastest form). A HarmNet's graph runs at one batch size,
+            ``compile_batch`` (default: the first call's): larger batches are chunked, smaller ones
+            zero-padded.
         **compile_kwargs: passed to ``torch.compile``.
 
     Returns:
-        an :class:`InferenceModel`: float32 ``(B, 3, H, W)`` normalised images on the model's device
-        -> float32 ``(B, embed_dim)``, equal to ``model.eval()(x)`` within the module's stated tolerance.
+        an :class:`InferenceModel` for a HarmNet (equal to ``model.eval()(x)`` within the module's
+        stated tolerance, any input size the model accepts), else the generic module.
     """
     from hareid.models.core import HarmNet
 
-    if not isinstance(model, HarmNet):
-        raise TypeError(f"optimize_for_inference: expected a hareid HarmNet model, got {type(model).__name__}; "
-                        "use fuse_for_inference for other modules")
+    if dtype is None:
+        dtype = torch.float32
     if dtype == "auto":
         dtype = inference_dtype(next(model.parameters()).device)
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"optimize_for_inference: dtype must be torch.float32, torch.bfloat16 or 'auto', got {dtype}; "
-                         "for int8 use hareid.quantize.quantize_int8")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"optimize_for_inference: dtype must be torch.float32, torch.bfloat16, torch.float16 "
+                         f"or 'auto', got {dtype}; for int8 use hareid.quantize.quantize_int8")
     with torch.no_grad():
-        net = fuse_for_inference(model)
-        return InferenceModel(net, dtype, compile=compile, compile_batch=compile_batch, **compile_kwargs).eval()
+        if isinstance(model, HarmNet):
+            net = fuse_for_inference(model)
+            return InferenceModel(net, dtype, compile=compile, compile_batch=compile_batch, **compile_kwargs).eval()
+        generic: nn.Module = _InDtype(fuse_for_inference(model), dtype).eval()
+    if compile:
+        compile_kwargs.setdefault("dynamic", False)
+        return torch.compile(generic, **compile_kwargs)
+    return generic

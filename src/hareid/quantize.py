@@ -144,10 +144,10 @@ class Int8Model(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the quantised model to ``path`` (atomic: temp file in the same folder, then rename)."""
-        from hareid.export import _atomic_path
+        from hareid.fileio import atomic_path
 
         path = Path(path)
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_bytes(self.onnx_bytes)
         return path
 
