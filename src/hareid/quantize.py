@@ -97,7 +97,9 @@ def _float_only_nodes(graph: Any) -> list[str]:
         if node is None or node.name in keep:
             continue
         keep.add(node.name)
-        if node.op_type not in ("ReduceMean", "GlobalAveragePool"):  # the pooled vector is the boundary
+        # boundaries: the pooled vector (the features the translations come from), and Shape, which
+        # reads only sizes (walking into its input would mark the whole backbone float)
+        if node.op_type not in ("ReduceMean", "GlobalAveragePool", "Shape"):
             stack.extend(node.input)
     return sorted(keep)
 
@@ -168,6 +170,7 @@ def quantize_int8(
     num_calibration: int = 512,
     batch_size: int = 32,
     per_channel: bool = True,
+    method: str = "minmax",
     threads: int | None = None,
 ) -> Int8Model:
     """Statically quantise ``model``'s embedding graph to int8 for CPU inference.
@@ -179,6 +182,8 @@ def quantize_int8(
             (a few hundred images of the target domain suffice).
         height, width: input size to quantise for (default: the calibration images' size).
         per_channel: per-output-channel weight scales (more accurate, same speed).
+        method: activation range calibration, ``"minmax"``, ``"percentile"`` (99.999th) or
+            ``"entropy"`` (ONNX Runtime's calibrators).
         threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
 
     Returns an :class:`Int8Model`. Raises :class:`HareidError` when onnx/onnxruntime are missing or
@@ -189,6 +194,7 @@ def quantize_int8(
         import onnx
         from onnxruntime.quantization import (
             CalibrationDataReader,
+            CalibrationMethod,
             QuantFormat,
             QuantType,
             quantize_static,
@@ -198,6 +204,10 @@ def quantize_int8(
         raise HareidError(f"int8 quantisation needs onnx and onnxruntime ({exc.name or exc} missing): {_HINT}") from None
     from hareid.inference import optimize_for_inference
 
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise HareidError(f"quantize_int8: method must be one of {', '.join(methods)}, got {method!r}")
     batches = list(_batches(calibration, batch_size, num_calibration))
     if not batches:
         raise HareidError("quantize_int8: no calibration images; pass a few hundred normalised images")
@@ -229,7 +239,7 @@ def quantize_int8(
                 str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                 reduce_range=not cpu_has_vnni(), op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=_float_only_nodes(graph),
+                nodes_to_exclude=_float_only_nodes(graph), calibrate_method=methods[method],
             )
         q = onnx.load(str(out))
     for key, value in (("height", h), ("width", w), ("embed_dim", inference.embed_dim), ("format", "int8-qdq")):
