@@ -3,23 +3,29 @@
 * :func:`fuse_for_inference` - deep-copied eval model with every Conv2d+BatchNorm2d (and
   Linear+BatchNorm1d) pair folded, channels_last weights, gradients off (fp32; what ONNX /
   TorchScript export write).
-* :func:`optimize_for_inference` - an :class:`InferenceModel`: float32 ``(B, 3, H, W)`` in, float32
-  ``(B, D)`` embeddings out, equal to ``model.eval()(x)`` (see its tolerance), the model's weights
-  stored once in the run dtype (bf16 or fp32) and the graph rewritten for inference:
+* :func:`optimize_for_inference` - THE embedding network (what ``hareid.evaluate.features.inference_net``
+  builds for the Embedder, evaluation, index and server): for a HarmNet an :class:`InferenceModel`,
+  float32 ``(B, 3, H, W)`` in, float32 ``(B, D)`` embeddings out, equal to ``model.eval()(x)`` (see
+  the tolerance below), weights stored once in the run dtype and the graph rewritten for inference:
 
   - BatchNorm folded into the convolutions and ReLU run as the convolution's oneDNN post-op (CPU),
     so a ConvBlock is one pass over memory instead of three;
   - weights cast once (no per-call autocast casts of ~250 weight tensors);
   - the soft-attention mask factorised: its 1x1 conv acts on a rank-1 map ``S (B,1,H,W) x C (B,C)``,
     so ``W (S C) = S (W C)``; the ``C x C`` convolution over the full map becomes a ``(B, C) x (C, C)``
-    product and one fused multiply-add (exact algebra, ~5 % of HA-CNN's FLOPs and two passes saved);
+    product and one fused multiply-add (exact algebra, ~5 % of HA-CNN's FLOPs and two passes saved;
+    the training model does the same, :meth:`hareid.blocks.ConvBlock.forward_outer`);
+  - the regions of all ``T`` stripes sampled by two GEMMs (:func:`sample_stripes`) in bf16: no
+    full-map cast to float32, no gather per output value;
   - the global average pool computed once per stage for channel and hard attention; the tiny
     attention heads (pooled vectors, translations, sampling grid) in float32;
   - InceptionA's average-pool stream pools the narrower of its input / output (the 1/9 folded into
     the 1x1 weights, bias and ReLU carried by the pooling convolution);
   - optionally ``torch.compile`` with Inductor freezing (constant weights, prepacked oneDNN
-    convolutions with fused post-ops, generated kernels for the elementwise / pooling / sampling
-    work), at a fixed batch size (ragged batches are padded, larger ones chunked: one compilation).
+    convolutions with fused post-ops, generated kernels for the elementwise / pooling work), at a
+    fixed batch size (ragged batches are padded, larger ones chunked: one compilation).
+
+  Any other module gets the generic form: BN folded, autocast in the dtype, float32 out.
 
 Why a module of its own: :mod:`hareid.export` writes files (ONNX, TorchScript); these are in-process
 forms for the one embedding function (Embedder, evaluation, index, server). int8 lives in
