@@ -1,6 +1,7 @@
 """Quick model speed check: hareid HACNN vs torchreid's HACNN (loaded by path), interleaved.
 
     python benchmarks/_model_profile.py [--batch 32] [--size 160 64] [--reps 5] [--threads N] [--profile]
+    python benchmarks/_model_profile.py --threads 1 --conv-floor     # time of the convolutions alone
 
 Prints images/s (median of ``reps``) for eval forward and a train step (forward, cross-entropy on
 both branches, backward, Adam step), in fp32 and under bfloat16 autocast. Not the official table
@@ -10,6 +11,10 @@ On a shared, loaded CPU, wall-clock with several intra-op threads is dominated b
 threads waiting at barriers; ``--threads 1`` times each call by the thread's own CPU time
 (``time.thread_time``), which stays stable under load and is what the model-code changes were
 judged by (compare ratios within one run only, either way).
+
+``--conv-floor`` times every convolution of hareid's bf16 inference graph (and of a bf16 training
+step: forward + backward, input and weight gradients) on its own, with the shapes the model uses:
+the sum is a floor no schedule of the remaining work can beat on this CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.filterwarnings("ignore")
@@ -37,6 +43,51 @@ def _logits(out):
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
+def conv_floor(batch: int, size: tuple[int, int], clock) -> None:
+    """Sum of the isolated times of every convolution hareid runs (bf16, channels_last)."""
+    from hareid.inference import ConvAct, optimize_for_inference
+
+    torch.manual_seed(0)
+    model = build_model("hacnn", 751)
+    shapes: list[tuple[tuple[int, ...], nn.Module]] = []
+    infer = optimize_for_inference(model, dtype=torch.bfloat16)
+    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append((tuple(inp[0].shape), mod)))
+             for m in infer.modules() if isinstance(m, ConvAct)]
+    infer(torch.randn(batch, 3, *size))
+    for h in hooks:
+        h.remove()
+
+    def timed(fn, reps=5) -> float:
+        fn()
+        ts = []
+        for _ in range(reps):
+            t0 = clock()
+            fn()
+            ts.append(clock() - t0)
+        return sorted(ts)[len(ts) // 2]
+
+    fwd = bwd = flops = 0.0
+    for shape, mod in shapes:
+        x = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+        w, b = mod.weight, mod.bias
+        with torch.inference_mode():
+            fwd += timed(lambda x=x, mod=mod: mod(x))
+        xg = x.clone().requires_grad_()
+        wg = w.clone().requires_grad_()
+        out = F.conv2d(xg, wg, b, mod.stride, mod.padding, 1, mod.groups)
+        grad = torch.randn_like(out)
+        wrt = (wg,) if shape[1] == 3 else (xg, wg)  # no input gradient for the image itself
+        bwd += timed(lambda out=out, wrt=wrt, grad=grad: torch.autograd.grad(out, wrt, grad, retain_graph=True))
+        _, i, kh, kw = w.shape
+        flops += 2 * out.numel() * i * kh * kw
+    print(f"{len(shapes)} convolutions of hareid's bf16 inference graph, batch {batch}, {size[0]}x{size[1]}: "
+          f"{flops / 1e9:.1f} GFLOP")
+    print(f"  forward alone: {1e3 * fwd:.0f} ms -> at most {batch / fwd:.0f} images/s for inference")
+    print(f"  forward + backward (input and weight gradients): {1e3 * (fwd + bwd):.0f} ms -> at most "
+          f"{batch / (fwd + bwd):.0f} images/s for a training step (the training graph has these convolutions "
+          f"plus the soft-attention ones' equivalents)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -45,7 +96,13 @@ def main() -> None:
     ap.add_argument("--sampling", default="direct")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads; 1 = time by thread CPU time")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--conv-floor", action="store_true", help="time hareid's convolutions alone (inference + training)")
     args = ap.parse_args()
+    if args.conv_floor:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        conv_floor(args.batch, tuple(args.size), time.thread_time if args.threads == 1 else time.perf_counter)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.thread_time if args.threads == 1 else time.perf_counter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -77,6 +78,38 @@ def test_soft_attn_mask_shape_and_range() -> None:
     m = sa(torch.randn(2, 32, 9, 5))
     assert m.shape == (2, 32, 9, 5)
     assert m.min() >= 0.5 and m.max() < 1  # sigmoid(ReLU(.))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_soft_attn_rank1_conv_equals_explicit_map(train: bool, channels_last: bool) -> None:
+    """The 1x1 ConvBlock on the rank-1 map s * c, computed as s * (W c) + b, equals building the map
+    and convolving it: forward (train: batch-statistics BN; eval: folded BN) and every gradient."""
+    torch.manual_seed(3)
+    sa = SoftAttn(32)
+    with torch.no_grad():  # non-trivial BN running statistics / affine parameters
+        bn = sa.conv.bn
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    sa.train(train)
+    x = torch.randn(3, 32, 9, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    twin = copy.deepcopy(sa)
+    x2 = x.clone().requires_grad_()
+    x.requires_grad_()
+    got = sa(x)
+    ref = torch.sigmoid(twin.conv(twin.spatial(x2) * twin.channel(x2)))  # explicit (B, C, H, W) map
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    w = torch.randn_like(ref)
+    (got * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    for (name, p), q in zip(sa.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_initial_hard_attention_boxes_are_horizontal_stripes() -> None:

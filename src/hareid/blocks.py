@@ -96,6 +96,39 @@ class ConvBlock(nn.Module):
             bias = bias + conv.bias * scale
         return F.relu(conv._conv_forward(x, weight, bias), inplace=True)
 
+    def forward_outer(self, s: torch.Tensor, c: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+        """This 1x1 block applied to the rank-1 map ``s * c`` without building it.
+
+        ``s (B, 1, H, W)``, ``c (B, in_c)`` -> ``ReLU(BN(conv(s * c)))`` of shape ``(B, out_c, H, W)``.
+        A 1x1 convolution of ``s[b, h, w] * c[b, i]`` is ``s[b, h, w] * (W c[b])[o] + bias[o]``: a
+        ``(B, in_c) x (in_c, out_c)`` product and one multiply-add over the map replace the ``in_c x
+        out_c`` convolution over every pixel (same values up to float rounding, forward and backward).
+        The result has ``s``'s dtype (what the convolution would return, also under autocast) and is
+        channels_last when ``channels_last`` (built in that layout, no copy).
+        """
+        conv, bn = self.conv, self.bn
+        if conv.kernel_size != (1, 1) or conv.groups != 1:
+            raise ValueError("ConvBlock.forward_outer needs a 1x1 convolution without groups")
+        b, _, h, w = s.shape
+        v = F.linear(c, conv.weight.flatten(1))  # (B, out_c)
+        bias = conv.bias if conv.bias is not None else v.new_zeros(v.shape[1])
+        fold = not self.training and isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None and bn.affine
+        if fold:  # eval: the BN affine map folds into v and the bias, as in forward()
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            v = v * scale
+            bias = bn.bias + (bias - bn.running_mean) * scale
+        out_c = v.shape[1]
+        v, bias = v.to(s.dtype), bias.to(s.dtype)
+        if channels_last:
+            # (B, H, W, out_c) contiguous, viewed as (B, out_c, H, W): channels_last without a copy
+            z = torch.addcmul(bias.view(1, 1, 1, out_c), s.reshape(b, h, w, 1), v.view(b, 1, 1, out_c))
+            z = z.permute(0, 3, 1, 2)
+        else:
+            z = torch.addcmul(bias.view(1, out_c, 1, 1), s, v.view(b, out_c, 1, 1))  # (B, out_c, H, W)
+        if not fold:
+            z = bn(z)
+        return F.relu(z, inplace=True)
+
 
 class AvgPool3x3(nn.Module):
     """``nn.AvgPool2d(3, stride=1, padding=1)`` (zero padding counted, so always ``sum / 9``) as a

@@ -1,9 +1,9 @@
-"""Inference forms of a hareid model: folded BatchNorm, compiled, ONNX and TorchScript.
+"""Exported files of a hareid model: ONNX and TorchScript, checked against the eager model.
 
-* :func:`fuse_for_inference` - deep-copied eval model, every Conv2d+BatchNorm2d (and Linear+BatchNorm1d)
-  pair folded with :mod:`torch.nn.utils.fusion`, weights in channels_last, gradients off.
-* :func:`optimize_for_inference` - the fused model, optionally ``torch.compile``-d (feature
-  extraction and ``benchmarks/bench_model.py`` use it).
+The in-process inference forms (BN folding, the bf16 graph, compilation) live in
+:mod:`hareid.inference` (int8 in :mod:`hareid.quantize`); :func:`fuse_for_inference` and
+:func:`optimize_for_inference` are re-exported here for existing callers.
+
 * :func:`export_onnx` / :func:`export_torchscript` - write the fused eval model (atomic: temp file in
   the target folder, then rename); :func:`export_model` also runs the file (onnxruntime /
   ``torch.jit.load``) against the eager model on random input and raises
@@ -24,7 +24,6 @@ import contextlib
 import copy
 import importlib
 import io
-import itertools
 import json
 import os
 import time
@@ -35,10 +34,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from hareid.errors import HareidError
 from hareid.fileio import atomic_path
+from hareid.inference import fuse_for_inference, optimize_for_inference
 
 __all__ = [
     "METADATA_KEY",
@@ -57,116 +56,7 @@ METADATA_KEY = "hareid.json"
 _ONNX_HINT = "pip install 'hareid[onnx]'"
 
 
-# --------------------------------------------------------------------------------------- fusion
-def _named_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """Child-name pairs ``(conv, bn)`` that ``module.forward`` applies back to back (BN right after conv)."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    from hareid.blocks import ConvBlock
-
-    if isinstance(module, ConvBlock):
-        return [("conv", "bn")]
-    if isinstance(module, BasicBlock):
-        return [("conv1", "bn1"), ("conv2", "bn2")]
-    if isinstance(module, Bottleneck):
-        return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
-    return []
-
-
-def _foldable(first: nn.Module, bn: nn.Module) -> bool:
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
-        return False
-    if type(first) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
-        return first.out_channels == bn.num_features
-    if type(first) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
-        return first.out_features == bn.num_features
-    return False
-
-
-def _fold(first: nn.Module, bn: nn.Module) -> nn.Module:
-    if isinstance(first, nn.Conv2d):
-        return fuse_conv_bn_eval(first, bn)
-    return fuse_linear_bn_eval(first, bn)
-
-
-def _fuse_(model: nn.Module) -> int:
-    """Fold BN into the preceding layer in place (model in eval mode); returns the number folded."""
-    count = 0
-    for module in list(model.modules()):
-        for conv_name, bn_name in _named_pairs(module):
-            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-            if _foldable(conv, bn):
-                setattr(module, conv_name, _fold(conv, bn))
-                setattr(module, bn_name, nn.Identity())
-                count += 1
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in itertools.pairwise(names):
-                first, bn = module._modules[a], module._modules[b]
-                if first is not None and bn is not None and _foldable(first, bn):
-                    module._modules[a] = _fold(first, bn)
-                    module._modules[b] = nn.Identity()
-                    count += 1
-    return count
-
-
-def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
-    """A deep-copied eval-mode model with BatchNorm folded into the preceding Conv2d / Linear.
-
-    Folds every ``ConvBlock`` (``conv``, ``bn``), torchvision ResNet block (``convN``, ``bnN``) and
-    adjacent ``Conv2d -> BatchNorm2d`` / ``Linear -> BatchNorm1d`` pair of an ``nn.Sequential`` with
-    :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` / ``fuse_linear_bn_eval``; the BN becomes
-    ``nn.Identity``. Weights are moved to channels_last (``channels_last=True``) and
-    ``requires_grad`` is switched off. The eval output equals the original's (fp32, ~1e-6); use it
-    under ``torch.inference_mode()``. The number of folded pairs is stored as ``model.fused_bn``.
-    The input model is not modified.
-    """
-    fused = copy.deepcopy(model).eval()
-    count = _fuse_(fused)
-    if channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
-    for p in fused.parameters():
-        p.requires_grad_(False)
-    fused.fused_bn = count
-    return fused
-
-
-class _InDtype(nn.Module):
-    """Runs ``net`` under autocast in ``dtype`` and returns float32: the reduced-precision form."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.net, self.dtype = net, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
-            return self.net(x).float()
-
-
-def optimize_for_inference(
-    model: nn.Module,
-    dtype: torch.dtype | None = None,
-    compile: bool = False,
-    channels_last: bool = True,
-    **compile_kwargs: Any,
-) -> nn.Module:
-    """The network every hareid embedding runs: ``float32 (B, 3, H, W) -> float32 (B, D)``.
-
-    :func:`fuse_for_inference` (BatchNorm folded, channels_last), computing in ``dtype`` (``None`` =
-    float32; ``torch.bfloat16`` on CPUs with native bf16 or CUDA; ``torch.float16`` on CUDA), then
-    ``torch.compile(**compile_kwargs)`` if ``compile``. Compilation (inductor) costs about a minute on
-    a CPU at the first call per input shape: it pays off for long extractions, not a short demo.
-    The input model is not modified; run the result under ``torch.inference_mode()``.
-    """
-    net: nn.Module = fuse_for_inference(model, channels_last=channels_last)
-    if dtype is not None and dtype != torch.float32:
-        net = _InDtype(net, dtype)
-    if compile:
-        compile_kwargs.setdefault("dynamic", False)
-        return torch.compile(net, **compile_kwargs)
-    return net
-
-
+# --------------------------------------------------------------------------------------- metadata
 def export_metadata(model: nn.Module, height: int, width: int, model_name: str | None = None) -> dict[str, Any]:
     """The metadata an export carries (see ``METADATA_KEY``): input size, mean/std, embedding size."""
     from hareid.models.registry import IMAGENET_MEAN, IMAGENET_STD, model_entry

@@ -1,0 +1,251 @@
+"""int8 inference on CPU: static quantisation of the hareid inference graph with ONNX Runtime.
+
+:func:`quantize_int8` exports the float32 inference graph of :func:`hareid.inference.optimize_for_inference`
+(BN folded, factorised soft attention, regions sampled by two matrix products) to ONNX, calibrates
+activation ranges on a few hundred images, and quantises it (QDQ format, per-channel int8 weights,
+uint8 activations; ONNX Runtime fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). The
+hard-attention path (pooled vector, translations, sampling matrices) and the sampling products stay
+float32: region positions keep sub-pixel precision. The result, an :class:`Int8Model`, maps float32 ``(B, 3, H, W)`` normalised
+CPU images to float32 ``(B, D)`` embeddings and saves as a plain ``.onnx`` file.
+
+Why ONNX Runtime rather than PyTorch's PT2E x86 quantizer (torchao + Inductor): both were measured
+(README, Benchmarks); ONNX Runtime needs no compilation (quantising takes seconds, not minutes, and
+any batch size runs), no extra dependency beyond the ``onnx`` extra, and gives ~1.6x hareid's bf16
+eager speed on an AVX512-VNNI CPU with top-1 retrieval unchanged.
+
+Needs ``pip install 'hareid[onnx]'`` (onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hareid.errors import HareidError
+
+__all__ = ["QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "load_int8", "quantize_int8"]
+
+#: Operator types quantised (activations uint8, weights int8). Gemm/MatMul (the tiny attention and
+#: embedding heads) stay float: quantising them was slower and less accurate (measured).
+QUANTIZED_OPS = ("Conv", "MaxPool", "Concat", "Mul", "Add", "AveragePool", "GlobalAveragePool", "ReduceMean",
+                 "Relu", "Sigmoid")
+_HINT = "pip install 'hareid[onnx]'"
+_META = "hareid."
+
+
+def _ort() -> Any:
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError:
+        raise HareidError(f"int8 inference needs onnxruntime: {_HINT}") from None
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8).
+
+    Without them ONNX Runtime's u8s8 kernels can saturate, so :func:`quantize_int8` then quantises
+    weights to 7 bits (``reduce_range``), as ONNX Runtime recommends.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _batches(calibration: torch.Tensor | Iterable[Any], batch_size: int, limit: int) -> Iterator[np.ndarray]:
+    """Float32 numpy batches ``(b, 3, H, W)`` from a tensor or an iterable of tensors / loader batches."""
+    seen = 0
+    if isinstance(calibration, torch.Tensor):
+        calibration = calibration.split(batch_size)
+    for item in calibration:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            raise HareidError("quantize_int8: calibration must yield image batches (B, 3, H, W) "
+                              "(a tensor, or a loader of (images, ...) tuples)")
+        x = x[: limit - seen].detach().float().cpu().contiguous()
+        if len(x):
+            yield x.numpy()
+        seen += len(x)
+        if seen >= limit:
+            return
+
+
+def _float_only_nodes(graph: Any) -> list[str]:
+    """Names of the nodes computing the region sampling weights (back to the pooled features), which
+    must stay float32: region coordinates quantised to 8 bits would move regions by a third of a pixel.
+
+    The sampling is ``MatMul(rows, map)`` then ``MatMul(cols, .)`` (see
+    :func:`hareid.inference.sample_stripes`; ``GridSample`` with ``region_sampling="peer"``): the
+    weight operand of each and everything it is computed from are kept float."""
+    producer = {out: node for node in graph.node for out in node.output}
+    keep: set[str] = set()
+    stack = [node.input[1] for node in graph.node if node.op_type == "GridSample"]
+    stack += [node.input[0] for node in graph.node if node.op_type == "MatMul"]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.add(node.name)
+        # boundaries: the pooled vector (the features the translations come from), and Shape, which
+        # reads only sizes (walking into its input would mark the whole backbone float)
+        if node.op_type not in ("ReduceMean", "GlobalAveragePool", "Shape"):
+            stack.extend(node.input)
+    return sorted(keep)
+
+
+class Int8Model(nn.Module):
+    """An int8 ONNX Runtime session behind the :class:`~hareid.inference.InferenceModel` contract:
+    float32 ``(B, 3, H, W)`` CPU images (``H x W`` as quantised) -> float32 ``(B, embed_dim)``.
+
+    ``onnx_bytes`` is the quantised model; :meth:`save` writes it as an ``.onnx`` file (any ONNX
+    Runtime reads it; :func:`load_int8` restores an ``Int8Model``).
+    """
+
+    def __init__(self, onnx_bytes: bytes, threads: int | None = None) -> None:
+        super().__init__()
+        ort = _ort()
+        self.onnx_bytes = onnx_bytes
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.input_size = (int(meta.get(_META + "height", 0)), int(meta.get(_META + "width", 0)))
+        self.embed_dim = int(meta.get(_META + "embed_dim", 0))
+        self.dtype = torch.int8
+        self._input = self.session.get_inputs()[0].name
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"Int8Model: expected a float image batch (B, 3, H, W), got {got}")
+        if tuple(x.shape[2:]) != self.input_size:
+            h, w = self.input_size
+            raise ValueError(f"Int8Model: quantised for {h}x{w} inputs, got {x.shape[2]}x{x.shape[3]}; "
+                             f"resize the images or quantise again with height/width {x.shape[2]}/{x.shape[3]}")
+        if x.device.type != "cpu":
+            raise ValueError(f"Int8Model runs on the CPU (ONNX Runtime); got input on {x.device}: use x.cpu()")
+        arr = x.detach().float().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self._input: arr})[0])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the quantised model to ``path`` (atomic: temp file in the same folder, then rename)."""
+        from hareid.fileio import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(self.onnx_bytes)
+        return path
+
+
+def load_int8(path: str | os.PathLike, threads: int | None = None) -> Int8Model:
+    """An :class:`Int8Model` from a file written by :meth:`Int8Model.save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise HareidError(f"{path}: int8 model not found; write one with quantize_int8(...).save(path)")
+    return Int8Model(path.read_bytes(), threads=threads)
+
+
+def quantize_int8(
+    model: nn.Module,
+    calibration: torch.Tensor | Iterable[Any],
+    height: int | None = None,
+    width: int | None = None,
+    num_calibration: int = 512,
+    batch_size: int = 32,
+    per_channel: bool = True,
+    method: str = "minmax",
+    threads: int | None = None,
+) -> Int8Model:
+    """Statically quantise ``model``'s embedding graph to int8 for CPU inference.
+
+    Args:
+        model: a hareid HarmNet (e.g. ``hacnn``); not modified.
+        calibration: normalised float32 images ``(N, 3, H, W)`` or an iterable of such batches (a
+            DataLoader of ``(images, pids, ...)`` works); the first ``num_calibration`` images are used
+            (a few hundred images of the target domain suffice).
+        height, width: input size to quantise for (default: the calibration images' size).
+        per_channel: per-output-channel weight scales (more accurate, same speed).
+        method: activation range calibration, ``"minmax"``, ``"percentile"`` (99.999th) or
+            ``"entropy"`` (ONNX Runtime's calibrators).
+        threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
+
+    Returns an :class:`Int8Model`. Raises :class:`HareidError` when onnx/onnxruntime are missing or
+    the calibration data is unusable.
+    """
+    _ort()
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise HareidError(f"int8 quantisation needs onnx and onnxruntime ({exc.name or exc} missing): {_HINT}") from None
+    from hareid.inference import optimize_for_inference
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise HareidError(f"quantize_int8: method must be one of {', '.join(methods)}, got {method!r}")
+    batches = list(_batches(calibration, batch_size, num_calibration))
+    if not batches:
+        raise HareidError("quantize_int8: no calibration images; pass a few hundred normalised images")
+    h, w = (height or batches[0].shape[2]), (width or batches[0].shape[3])
+    if any(b.shape[2:] != (h, w) for b in batches):
+        raise HareidError(f"quantize_int8: calibration images must all be {h}x{w} (HxW), as the model is quantised")
+    inference = optimize_for_inference(model, dtype=torch.float32).cpu()  # a copy; model stays put
+    inference.graph.spec.check_input(torch.empty(1, 3, h, w))
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self._it, None)
+            return None if b is None else {"images": b}
+
+    with tempfile.TemporaryDirectory(prefix="hareid-int8-") as tmp:
+        fp32, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        example = torch.from_numpy(batches[0][:2])
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(inference.graph, (example,), str(fp32), dynamo=False, opset_version=17,
+                              input_names=["images"], output_names=["embeddings"],
+                              dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
+            quant_pre_process(str(fp32), str(pre))
+            graph = onnx.load(str(pre)).graph
+            quantize_static(
+                str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                reduce_range=not cpu_has_vnni(), op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=_float_only_nodes(graph), calibrate_method=methods[method],
+            )
+        q = onnx.load(str(out))
+    for key, value in (("height", h), ("width", w), ("embed_dim", inference.embed_dim), ("format", "int8-qdq")):
+        entry = q.metadata_props.add()
+        entry.key, entry.value = _META + key, str(value)
+    buf = io.BytesIO()
+    onnx.save(q, buf)
+    return Int8Model(buf.getvalue(), threads=threads)
+

@@ -1,0 +1,206 @@
+"""hareid.inference: the rewritten embedding graph (fp32 / bf16, eager / compiled) against model.eval()."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hareid.attention import HarmAttn, sample_regions, translations_to_theta
+from hareid.inference import (
+    HarmAttnInfer,
+    InceptionAInfer,
+    InceptionBInfer,
+    fuse_for_inference,
+    optimize_for_inference,
+    sample_stripes,
+)
+from hareid.models import build_model
+
+FP32_ATOL = 1e-4  # unit-norm branch embeddings, fp32 graph vs model.eval()
+BF16_ATOL = 3e-2  # bf16 keeps ~3 significant digits; same band as bf16 autocast on the original
+BF16_COS = 0.99
+
+
+def trained_like(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial BN statistics / affine parameters and moving hard-attention regions, so folding,
+    factorisation and region sampling are exercised (a fresh model has identity BN and fixed stripes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
+        for name, p in model.named_parameters():
+            if "hard.fc.weight" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hacnn() -> nn.Module:
+    torch.manual_seed(0)
+    return trained_like(build_model("hacnn", num_classes=11))
+
+
+def _ref(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+# ----------------------------------------------------------------------------- equal to eager
+@pytest.mark.parametrize("size", [(160, 64), (161, 75), (256, 128)])
+def test_fp32_equals_eager_any_size(hacnn: nn.Module, size: tuple[int, int]) -> None:
+    x = torch.randn(3, 3, *size)
+    net = optimize_for_inference(hacnn, dtype=torch.float32)
+    out = net(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 1024)
+    torch.testing.assert_close(out, _ref(hacnn, x), atol=FP32_ATOL, rtol=0)
+
+
+def test_bf16_close_to_eager_and_to_autocast(hacnn: nn.Module) -> None:
+    x = torch.randn(4, 3, 160, 64)
+    ref = _ref(hacnn, x)
+    out = optimize_for_inference(hacnn, dtype=torch.bfloat16)(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert float(F.cosine_similarity(out, ref).min()) >= BF16_COS
+    assert float((out - ref).abs().max()) <= BF16_ATOL
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = hacnn(x)
+    # the bf16 graph is at least as close to fp32 as autocast on the original model (x1.5 slack)
+    assert float((out - ref).abs().max()) <= 1.5 * float((auto - ref).abs().max()) + 1e-3
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"soft_attn": False}, {"hard_attn": False}, {"cross_attn": False}, {"local_branch": False},
+     {"region_sampling": "torchreid"}, {"num_regions": 3, "feature_dim": 64}, {"channels_last": False}],
+)
+def test_every_model_option(options: dict) -> None:
+    model = trained_like(build_model("hacnn", num_classes=5, **options))
+    x = torch.randn(2, 3, 96, 48)
+    out = optimize_for_inference(model, dtype=torch.float32)(x)
+    assert out.shape == (2, model.embed_dim)
+    torch.testing.assert_close(out, _ref(model, x), atol=FP32_ATOL, rtol=0)
+
+
+def test_resnet_backbone_generic_path() -> None:
+    model = trained_like(build_model("resnet18_harm", num_classes=5))
+    x = torch.randn(2, 3, 128, 64)
+    torch.testing.assert_close(optimize_for_inference(model)(x), _ref(model, x), atol=FP32_ATOL, rtol=0)
+    low = optimize_for_inference(model, dtype=torch.bfloat16)(x)
+    assert float(F.cosine_similarity(low, _ref(model, x)).min()) >= BF16_COS
+
+
+# ----------------------------------------------------------------------------- the rewritten blocks
+def test_blocks_equal_their_originals(hacnn: nn.Module) -> None:
+    """Each rewritten block on its own (fp32): both InceptionA pooling orders, InceptionB, HarmAttn."""
+    fused = fuse_for_inference(hacnn)
+    a1, b1 = fused.stages[0]  # InceptionA(32, 128): pool first (in_c == out_c // 4)
+    a2 = fused.stages[1][0]  # InceptionA(128, 256): project first (64 < 128)
+    cases = [(a1, InceptionAInfer, 32, (20, 12)), (a2, InceptionAInfer, 128, (10, 6)),
+             (b1, InceptionBInfer, 128, (21, 11))]
+    for block, form, c, hw in cases:
+        x = torch.randn(2, c, *hw).contiguous(memory_format=torch.channels_last)
+        new = form(block, torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(new(x), block(x), atol=1e-5, rtol=1e-5)
+    attn = fused.attn[1]
+    assert isinstance(attn, HarmAttn)
+    y = torch.randn(2, 256, 20, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        mask, t = attn(y)
+        out, t2 = HarmAttnInfer(attn, torch.float32)(y.clone())
+    torch.testing.assert_close(out, y * mask, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(t2, t, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("src_hw", "out_hw"), [((80, 32), (24, 28)), ((21, 11), (7, 5))])
+def test_separable_sampling_equals_grid_sample(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+    """Two matrix products == grid_sample (bilinear, zero padding) for axis-aligned regions, including
+    regions pushed partly off the map (large translations)."""
+    x = torch.randn(3, 5, *src_hw).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([-0.95, -0.3, 0.0, 0.4, 0.99, 1.0])[torch.randint(0, 6, (3, 4, 2))]  # (B, T, 2)
+    ref = sample_regions(x, translations_to_theta(t, 0.25), out_hw)
+    got = sample_stripes(x, t, 0.25, out_hw)
+    assert got.shape == ref.shape == (12, 5, *out_hw) and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    low = sample_stripes(x.bfloat16(), t, 0.25, out_hw)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.02)
+
+
+# ----------------------------------------------------------------------------- contract
+def test_input_model_untouched_and_frozen_copy(hacnn: nn.Module) -> None:
+    model = copy.deepcopy(hacnn).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    net = optimize_for_inference(model, dtype=torch.bfloat16)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(b.dtype == torch.bfloat16 for n, b in net.named_buffers() if n.endswith("weight") and b.dim() == 4)
+    assert not list(net.parameters()) or not any(p.requires_grad for p in net.parameters())
+
+
+def test_bad_input_and_dtype(hacnn: nn.Module) -> None:
+    net = optimize_for_inference(hacnn)
+    with pytest.raises(ValueError, match="3 colour channels"):
+        net(torch.randn(2, 1, 160, 64))
+    with pytest.raises(ValueError, match="H >= "):
+        net(torch.randn(2, 3, 16, 64))
+    with pytest.raises(ValueError, match="dtype"):
+        optimize_for_inference(hacnn, dtype=torch.int8)
+    assert optimize_for_inference(hacnn, dtype="auto").dtype in (torch.float32, torch.bfloat16)
+
+
+def test_other_modules_get_the_generic_form() -> None:
+    """Not a HarmNet: BN folded, autocast in the dtype, float32 out; the module is not modified."""
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten())
+    trained_like(seq)
+    x = torch.randn(2, 3, 8, 8)
+    net = optimize_for_inference(seq)
+    torch.testing.assert_close(net(x), seq(x), atol=1e-5, rtol=0)
+    assert isinstance(seq[1], nn.BatchNorm2d)
+    low = optimize_for_inference(seq, dtype=torch.bfloat16)(x)
+    assert low.dtype == torch.float32 and float(F.cosine_similarity(low, seq(x)).min()) > 0.99
+
+
+def test_batch_independent(hacnn: nn.Module) -> None:
+    """Eval-mode embeddings do not depend on the batch an image is in (what padding relies on)."""
+    net = optimize_for_inference(hacnn, dtype=torch.bfloat16)
+    x = torch.randn(5, 3, 160, 64)
+    whole = net(x)
+    parts = torch.cat([net(x[:2]), net(x[2:])])
+    torch.testing.assert_close(whole, parts, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_follows_the_model_device(hacnn: nn.Module, dtype: torch.dtype) -> None:
+    model = copy.deepcopy(hacnn).cuda()
+    x = torch.randn(3, 3, 160, 64)
+    net = optimize_for_inference(model, dtype=dtype)
+    out = net(x.cuda())
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    ref = _ref(hacnn, x)
+    assert float(F.cosine_similarity(out.cpu(), ref).min()) >= BF16_COS
+    with pytest.raises(ValueError, match="move one of them"):
+        net(x)
+
+
+# ----------------------------------------------------------------------------- compiled
+@pytest.mark.slow
+def test_compiled_bf16_matches_eager_and_pads_ragged_batches(hacnn: nn.Module) -> None:
+    net = optimize_for_inference(hacnn, dtype=torch.bfloat16, compile=True, compile_batch=4)
+    x = torch.randn(7, 3, 160, 64)  # one full batch of 4 + a padded batch of 3
+    out = net(x)
+    assert out.shape == (7, 1024) and net.compile_batch == 4
+    ref = _ref(hacnn, x)
+    assert float(F.cosine_similarity(out, ref).min()) >= BF16_COS
+    assert float((out - ref).abs().max()) <= BF16_ATOL
