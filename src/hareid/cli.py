@@ -205,6 +205,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a search page and a JSON API over a gallery (FastAPI + uvicorn).
+
+    --gallery is an index written by `hareid index` (folder, .db or Milvus URI) or a folder of
+    images / a dataset, indexed first into --index (default GALLERY/.hareid-index; resumable).
+    The page: drop a query image, see the top matches with camera, time and attention, filter,
+    page, add and delete gallery images. The API: POST /embed, /search, /gallery; DELETE
+    /gallery/ID; GET /healthz; documentation at /docs. Binds 127.0.0.1 unless --host says
+    otherwise (the API has no authentication). --check starts the app in-process, runs one
+    search and exits (no socket).
+    """
+    from hareid.serve import build_app, check, serve
+
+    app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
+                    collection=args.collection, max_batch=args.max_batch, device=args.device,
+                    progress=not args.quiet)
+    gallery = app.state.gallery
+    print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
+          f"{gallery.index.kind}); uploads go to {gallery.uploads}")
+    if args.check:
+        out = check(app)
+        h = out["health"]
+        print(f"[hareid] check: healthz {h['status']}, {h['count']} images, page "
+              f"{'ok' if out['page_ok'] else 'MISSING'}")
+        if "results" in out:
+            top = out["results"][0]
+            print(f"[hareid] check: gallery item {out['query']['id']} ({out['query']['name']}) -> "
+                  f"top match {top['id']} ({top['name']}), distance {top['distance']:.4f}")
+        return 0 if h["status"] == "ok" and out["page_ok"] else 1
+    print(f"[hareid] open http://{args.host}:{args.port}/ (API docs: /docs); Ctrl-C stops")
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Recognise and check a dataset folder, print its statistics table.
 
@@ -344,6 +378,9 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                           "torchrun --nproc_per_node 4 -m hareid index best.pt big/ --out big_index"]),
     "search": (cmd_search, ["hareid search runs/demo/checkpoints/best.pt gallery_index query.jpg -k 5",
                             "hareid search best.pt gallery_index q.jpg --camera 2 --time-min 100"]),
+    "serve": (cmd_serve, ["hareid serve runs/demo/checkpoints/best.pt --gallery runs/demo/index",
+                          "hareid serve best.pt --gallery photos/ --port 8080",
+                          "hareid serve best.pt --gallery gallery.db --host 0.0.0.0"]),
     "datasets": (cmd_datasets, ["hareid datasets data/market1501",
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
@@ -457,6 +494,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-min", type=float, default=None, help="only items at or after this time")
     sp.add_argument("--time-max", type=float, default=None, help="only items at or before this time")
     sp.add_argument("--source", action="append", default=None, help="only this source (repeatable)")
+
+    sp = add("serve")
+    sp.add_argument("checkpoint", help="the checkpoint the gallery is (or will be) indexed with")
+    sp.add_argument("--gallery", required=True,
+                    help="an index (folder, .db, Milvus URI) or a folder of images / a dataset")
+    sp.add_argument("--index", default=None,
+                    help="where to index a --gallery folder (default GALLERY/.hareid-index)")
+    sp.add_argument("--uploads", default=None,
+                    help="folder for images added through the API (default: beside the index)")
+    sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    sp.add_argument("--port", type=int, default=8000, help="TCP port")
+    sp.add_argument("--max-batch", type=int, default=32, help="most images per batched model call")
+    sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
 
     sp = add("datasets")
     sp.add_argument("root", help="dataset folder (or a CSV manifest)")
