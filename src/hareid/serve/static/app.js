@@ -60,9 +60,9 @@ function addFilters(form) {
   const boxes = [...$("cameras").querySelectorAll("input")];
   const on = boxes.filter((b) => b.checked).map((b) => b.value);
   if (on.length < boxes.length) for (const c of on) form.append("camera", c);
-  return on.length > 0 || boxes.length === 0;
   if ($("tmin").value !== "") form.append("time_min", $("tmin").value);
   if ($("tmax").value !== "") form.append("time_max", $("tmax").value);
+  return on.length > 0 || boxes.length === 0;  // no camera selected: nothing to search
 }
 
 // ----------------------------------------------------------------------------- search
