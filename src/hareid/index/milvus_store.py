@@ -38,6 +38,7 @@ _FIELDS = ["id", "path", "camera", "time", "source", "pid"]
 _MAX_TOPK = 16384  # Milvus's limit on limit + offset
 _INSERT_ROWS = 4096  # rows per insert call (~16 MiB of 1024-d vectors: under gRPC's 64 MiB)
 _SERVER_PREFIXES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+_FLUSH_ROWS = 10_000  # milvus-lite searches unflushed rows without an index: flush this often
 
 
 def _pymilvus():
@@ -65,6 +66,7 @@ class MilvusIndex(VectorIndex):
         self.uri = str(uri)
         self.collection = collection or DEFAULT_COLLECTION
         self.lite = not self.uri.startswith(_SERVER_PREFIXES)
+        self._unflushed = 0
         if self.lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -145,6 +147,9 @@ class MilvusIndex(VectorIndex):
                     for v, (p, c, t, s, pid) in zip(x[i : i + _INSERT_ROWS], rows[i : i + _INSERT_ROWS])]
             res = self._client.insert(self.collection, data)
             ids += [int(j) for j in res["ids"]]
+        self._unflushed += len(ids)
+        if self._unflushed >= _FLUSH_ROWS:
+            self.flush()
         return np.asarray(ids, dtype=np.int64)
 
     def delete(self, ids: Iterable[int]) -> int:
@@ -158,6 +163,7 @@ class MilvusIndex(VectorIndex):
 
     def flush(self) -> None:
         self._client.flush(self.collection)
+        self._unflushed = 0
 
     def close(self) -> None:
         if getattr(self, "_client", None) is None:
