@@ -61,7 +61,7 @@ class StopAfter:
 
     def __init__(self, inner, batches: int):
         self.inner, self.left = inner, batches
-        self.dim, self.input_size, self._tf = inner.dim, inner.input_size, inner._tf
+        self.dim, self.input_size, self.preprocess = inner.dim, inner.input_size, inner.preprocess
 
     def embed(self, x):
         if self.left == 0:

@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
 from hareid.errors import DataError
+from hareid.progress import progress as progress_bar
 
 __all__ = ["GalleryRecord", "gallery_records", "index_gallery"]
 
@@ -109,17 +108,15 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
 class _Images(Dataset):
     """Decoded, normalised images; an unreadable file gives ``ok = 0`` instead of an error."""
 
-    def __init__(self, paths: Sequence[str], transform: Any, size: tuple[int, int]):
-        self.paths, self.transform, self.size = list(paths), transform, size
+    def __init__(self, paths: Sequence[str], preprocess: Any, size: tuple[int, int]):
+        self.paths, self.preprocess, self.size = list(paths), preprocess, size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from hareid.data.loader import read_image
-
         try:
-            return self.transform(read_image(self.paths[i])), 1
+            return self.preprocess(self.paths[i]), 1
         except (DataError, OSError, ValueError, RuntimeError):
             return torch.zeros(3, *self.size), 0
 
@@ -176,12 +173,11 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
     per_round = world * batch_size
     rounds = math.ceil(len(todo) / per_round)
     mine = [r.path for k in range(rounds) for r in todo[k * per_round : (k + 1) * per_round][rank::world]]
-    loader = DataLoader(_Images(mine, embedder._tf, embedder.input_size), batch_size=batch_size,
+    loader = DataLoader(_Images(mine, embedder.preprocess, embedder.input_size), batch_size=batch_size,
                         num_workers=workers if len(mine) > batch_size else 0)
     batches = iter(loader)
     added, unreadable = 0, []
-    bar = tqdm(total=len(todo), desc="index", unit="img", disable=not progress or rank != 0,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), desc="index", unit="img", enabled=progress and rank == 0)
     try:
         for k in range(rounds):
             x, ok = next(batches, (torch.zeros(0, 3, *embedder.input_size), torch.zeros(0)))
