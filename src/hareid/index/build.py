@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
 from hareid.errors import DataError
 from hareid.progress import progress as progress_bar
 
@@ -89,7 +90,8 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
     elif not root_p.exists():
         raise DataError(f"{root}: gallery folder not found; pass a folder of images or a dataset")
     elif dataset is None and root_p.is_dir() and detect_dataset(root_p) is None:
-        paths = list_images(root_p)
+        paths = [p for p in list_images(root_p)  # hidden folders (e.g. .hareid-index/uploads) skipped
+                 if not any(part.startswith(".") for part in Path(p).relative_to(root_p).parts)]
         if not paths:
             raise DataError(f"{root}: neither a known dataset layout nor a folder with images")
         recs = []
