@@ -2,7 +2,8 @@
 
 ``MilvusIndex("gallery.db")`` runs milvus-lite inside this process (tests, laptops);
 ``MilvusIndex("http://host:19530", token=...)`` talks to a Milvus server or cluster with the same
-code. One collection (default ``hareid_gallery``) holds ``id`` (auto), ``vec`` (unit float32,
+code (a server's token from ``token=`` or ``$HAREID_MILVUS_TOKEN``). One collection (default
+``hareid_gallery``) holds ``id`` (auto), ``vec`` (unit float32,
 inner product), ``path``, ``camera``, ``time`` (nullable), ``source``, ``pid``; filters become
 Milvus boolean expressions evaluated by the database; every read is ``Strong``-consistent, so an
 ``add`` is searchable once it returns. Durability and crash recovery are Milvus's own (lite keeps a
@@ -70,7 +71,8 @@ class MilvusIndex(VectorIndex):
         if self.lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._client = pm.MilvusClient(uri=self.uri, token=token or "")
+            token = token if token is not None else os.environ.get("HAREID_MILVUS_TOKEN", "")
+            self._client = pm.MilvusClient(uri=self.uri, token=token)
         except Exception as e:
             hint = ("is it open in another process (a running `hareid serve`?)" if self.lite
                     else "is the server running and the URI right?")
@@ -250,6 +252,11 @@ class MilvusIndex(VectorIndex):
         return np.asarray([rows[i] for i in ids], dtype=np.float32).reshape(len(ids), self.dim)
 
     def _iterate(self, fields: list[str], batch: int = 10_000) -> Iterable[dict]:
+        """Every row's ``fields``: one query on milvus-lite (it has no query iterator), a query
+        iterator on a server (its results are capped at 16384 rows per query)."""
+        if self.lite:
+            yield from self._client.query(self.collection, filter="id >= 0", output_fields=fields)
+            return
         it = self._client.query_iterator(self.collection, batch_size=batch, filter="",
                                          output_fields=fields)
         try:
@@ -259,7 +266,7 @@ class MilvusIndex(VectorIndex):
             it.close()
 
     def items(self, offset: int = 0, limit: int | None = None) -> list[Item]:
-        if limit is not None and offset + limit <= _MAX_TOPK:
+        if limit is not None and (self.lite or offset + limit <= _MAX_TOPK):
             rows = self._client.query(self.collection, filter="id >= 0", output_fields=_FIELDS,
                                       offset=int(offset), limit=int(limit))
         else:
