@@ -95,10 +95,20 @@ def jpeg_variant(data: bytes, seed: int) -> bytes:
         return buf.getvalue()
 
 
-def abuse_payloads(sample: bytes) -> list[tuple[str, str, bytes, str]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _serve import png_header
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels but carries almost no data."""
+    import struct
+    import zlib
 
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def abuse_payloads(sample: bytes) -> list[tuple[str, str, bytes, str]]:
     return [("/search", "notes.txt", b"plain text, not an image\n" * 20, "image"),
             ("/search", "cut.jpg", sample[: len(sample) // 2], "image"),
             ("/search", "bomb.png", png_header(100_000, 100_000), "image"),

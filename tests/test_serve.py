@@ -298,3 +298,26 @@ def test_real_socket_oversized_upload(tiny: Tiny, tmp_path: Path) -> None:
             assert c.post("/search", files={"image": (q.name, jpeg(q), "image/jpeg")}).status_code == 200
     finally:
         server.stop()
+
+
+def test_milvus_lite_behind_the_api(tiny: Tiny, tmp_path: Path) -> None:
+    """The same routes over the Milvus backend: search = the library, filters, add, delete."""
+    pytest.importorskip("pymilvus")
+    app = make_app(tiny, tmp_path, backend="milvus")
+    index = app.state.gallery.index
+    assert index.backend == "milvus"
+    q = tiny.images("query")[0]
+    vec = embedder_for(tiny).embed([str(q)])
+    files = {"image": (q.name, jpeg(q), "image/jpeg")}
+    with TestClient(app) as client:
+        res = client.post("/search", files=files, data={"k": 6}).json()["results"]
+        assert [m["id"] for m in res] == index.search(vec, k=6)[0].ids.tolist()
+        cam = res[0]["camera"]
+        res = client.post("/search", files=files, data={"k": 6, "camera": cam, "time_max": 100}).json()
+        assert res["results"] and all(m["camera"] == cam and m["time"] <= 100 for m in res["results"])
+        new = client.post("/gallery", files={"images": (q.name, jpeg(q), "image/jpeg")},
+                          data={"camera": "door"}).json()["ids"][0]
+        top = client.post("/search", files=files, data={"k": 1, "camera": "door"}).json()["results"]
+        assert top[0]["id"] == new and top[0]["distance"] < 1e-5
+        assert client.delete(f"/gallery/{new}").status_code == 200
+        assert client.post("/search", files=files, data={"camera": "door"}).json()["results"] == []
