@@ -211,3 +211,18 @@ def test_add_an_image_from_the_page(server, driver, tiny: Tiny) -> None:
     shot(d, "4_added")
     new_id = int(top["id"])
     np.testing.assert_allclose(index.vectors([new_id]), embedder_for(tiny).embed([str(new)]), atol=1e-5)
+
+    # drag and drop: a file dropped on the drop zone is the query
+    target = index.items()[3]
+    before = renders(d)
+    d.execute_script("""
+        const [url, name] = arguments;
+        fetch(url).then(r => r.blob()).then(blob => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([blob], name, {type: blob.type}));
+          const zone = document.getElementById('drop');
+          zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+          zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        });""", f"/gallery/{target.id}/image", "dropped.jpg")
+    wait_render(d, before)
+    assert cards(d)[0]["id"] == target.id and cards(d)[0]["distance"] < 1e-4
