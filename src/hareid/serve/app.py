@@ -18,6 +18,7 @@ by id, and only from the gallery's folder or the upload folder (resolved, symlin
 
 # no "from __future__ import annotations": FastAPI reads these annotations at run time
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -299,12 +300,10 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         name = check_filename(upload.filename)
         data = await upload.read(limits.max_image_bytes + 1)
 
-        def prepare() -> tuple[torch.Tensor, str]:
-            im = decode_image(data, limits, name)
-            return embedder.preprocess(im), im.format or ""
+        def prepare() -> torch.Tensor:  # decode (bounded) + resize: off the event loop
+            return embedder.preprocess(decode_image(data, limits, name))
 
-        x, _ = await run_in_threadpool(prepare)
-        return x, data, name
+        return await run_in_threadpool(prepare), data, name
 
     def get_item(item_id: int) -> Item:
         it = index.get([item_id])[0]
@@ -428,7 +427,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         cams, times = per_image(camera, "camera", ""), per_image(times, "time", None)
         srcs, pids = per_image(source, "source", "upload"), per_image(pid, "pid", -1)
         prepared = [await image_tensor(f) for f in images]  # every file checked before any is kept
-        vecs = await _gather([embed_batcher.submit(x) for x, _, _ in prepared])
+        vecs = await asyncio.gather(*[embed_batcher.submit(x) for x, _, _ in prepared])
         saved: list[tuple[Path, bool]] = []
         try:
             for _, data, _ in prepared:
@@ -488,12 +487,6 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
     app.state.gallery, app.state.embedder = gallery, embedder
     app.state.batchers = {"embed": embed_batcher, "attention": attn_batcher}
     return app
-
-
-async def _gather(aws: list[Any]) -> list[Any]:
-    import asyncio
-
-    return list(await asyncio.gather(*aws))
 
 
 def _store(folder: Path, data: bytes) -> tuple[Path, bool]:
