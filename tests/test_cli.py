@@ -18,8 +18,8 @@ from PIL import Image
 
 from hareid.cli import _one_line, build_parser, main
 
-COMMANDS = ["demo", "train", "eval", "report", "visualize", "export", "index", "search", "datasets",
-            "synthetic", "attention-score", "ablate"]
+COMMANDS = ["demo", "train", "eval", "report", "visualize", "export", "index", "search", "serve",
+            "datasets", "synthetic", "attention-score", "ablate"]
 
 
 @pytest.fixture(scope="session")

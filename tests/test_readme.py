@@ -76,6 +76,8 @@ def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
     if command == "ablate":
         return [*argv, "--variants", "full", "--seeds", "0", "--data-root", str(tiny.data),
                 "--output", str(work / "runs" / "ablation"), *TRAIN_OVERRIDES]
+    if command == "serve":  # a server blocks: --check starts it in-process, searches once, exits
+        return [*argv, "--check", "--quiet"]
     if command in ("visualize", "export", "index", "datasets"):
         return argv  # already small on the tiny data
     pytest.fail(f"README command `hareid {shlex.join(argv)}`: test_readme.shrink does not know how "
@@ -86,8 +88,8 @@ def test_readme_has_commands_for_every_section() -> None:
     commands = readme_commands()
     assert ["demo"] in commands
     used = {c[0] for c in commands}
-    assert {"demo", "train", "eval", "report", "visualize", "export", "index", "search", "datasets",
-            "synthetic", "attention-score", "ablate"} <= used
+    assert {"demo", "train", "eval", "report", "visualize", "export", "index", "search", "serve",
+            "datasets", "synthetic", "attention-score", "ablate"} <= used
 
 
 def test_every_readme_command_is_known(tiny: Tiny, tmp_path: Path) -> None:
@@ -112,11 +114,12 @@ def test_every_readme_command_runs(tiny: Tiny, tmp_path: Path, monkeypatch, caps
         ran.append(argv[0])
     # what the README promises those commands leave behind
     for path in ("runs/demo/report/index.html", "runs/demo/checkpoints/best.onnx",
-                 "runs/demo/checkpoints/best.ts", "runs/demo/index/index.faiss",
+                 "runs/demo/checkpoints/best.ts", "runs/demo/index/gallery.sqlite",
                  "runs/demo/attention_score.json", "runs/market1501/report/index.html",
                  "docs/images/attention.png", "docs/images/synthetic_grid.png",
                  "runs/ablation/results.jsonl"):
         assert (work / path).is_file(), path
+    assert (work / "runs/demo/gallery.db").exists()  # milvus-lite's data folder
     assert len(ran) == len(readme_commands())
 
 

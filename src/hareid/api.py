@@ -209,7 +209,10 @@ def evaluate_checkpoint(
 def build_index_from_images(model: nn.Module, paths: Sequence[PathLike], info: dict,
                             pids: Sequence[int] | None = None, camids: Sequence[int] | None = None,
                             ivf: int = 0):
-    """Embed ``paths`` and put them in a :class:`hareid.index.GalleryIndex` (exact, or IVF lists)."""
+    """Embed ``paths`` into an in-memory :class:`hareid.index.GalleryIndex` (exact, or IVF lists).
+
+    For large galleries, on disk, resumable and sharded over processes, use
+    :func:`hareid.index.build.index_gallery` (``hareid index``)."""
     from hareid.index import GalleryIndex
 
     if not paths:
@@ -239,15 +242,21 @@ def build_gallery_index(checkpoint: PathLike, root: PathLike, dataset: str | Non
 
 
 def search_images(checkpoint: PathLike, index_dir: PathLike, images: Sequence[PathLike],
-                  k: int = 10) -> Iterator[tuple[str, list[tuple[str, float]]]]:
-    """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index."""
-    from hareid.index import GalleryIndex
+                  k: int = 10, filter: Any = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index.
 
-    model, info = load_model(checkpoint)
-    index = GalleryIndex.load(index_dir)
-    feats = embed(model, list(images), info)
-    if feats.shape[1] != index.dim:
-        raise DataError(f"{index_dir}: index holds {index.dim}-d embeddings but {checkpoint} gives "
-                        f"{feats.shape[1]}-d; search with the checkpoint the index was built with")
-    for path, res in zip(images, index.search(feats, k)):
+    ``index_dir``: a FAISS index folder, a milvus-lite ``.db`` or a Milvus URI;
+    ``filter``: an optional :class:`hareid.index.Filter` (camera, time range, source).
+    """
+    from hareid.index import open_index
+
+    with open_index(index_dir, read_only=True) as index:  # a bad index fails before the model loads
+        model, info = load_model(checkpoint)
+        feats = embed(model, list(images), info)
+        if feats.shape[1] != index.dim:
+            raise DataError(f"{index_dir}: index holds {index.dim}-d embeddings but {checkpoint} "
+                            f"gives {feats.shape[1]}-d; search with the checkpoint the index was "
+                            "built with")
+        results = index.search(feats, k, filter=filter)
+    for path, res in zip(images, results):
         yield str(path), [(p, float(s)) for p, s in zip(res.paths, res.scores)]

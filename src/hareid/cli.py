@@ -168,28 +168,85 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """Embed a gallery and save a FAISS index (inner product on L2-normalised embeddings).
+    """Embed a gallery into a vector index (FAISS + SQLite folder, milvus-lite .db or Milvus URI).
 
-    ROOT is a dataset (its --split is indexed) or any folder of images (indexed recursively).
-    Needs faiss: pip install 'hareid[faiss]'.
+    ROOT is a dataset (its --split is indexed), any folder of images (indexed recursively; the
+    first sub-folder names the camera) or, with --meta, the folder a CSV of paths is relative to.
+    Resumable: images already in --out are skipped, so rerun the same command after a stop.
+    Sharded: run it under torchrun (each rank embeds a share, rank 0 writes), e.g.
+    `torchrun --nproc_per_node 4 -m hareid index CKPT ROOT --out DIR`.
+    Needs faiss (pip install 'hareid[faiss]') or pymilvus (pip install 'hareid[milvus]').
     """
-    from hareid.api import build_gallery_index
+    from hareid.index.build import index_gallery
 
-    index = build_gallery_index(args.checkpoint, args.root, dataset=args.dataset, split=args.split,
-                                ivf=args.ivf)
-    index.save(Path(args.out))
-    print(f"[hareid] index of {len(index)} images ({index.dim}-d, {index.kind}) -> {args.out}")
+    kind, nlist = args.kind, args.nlist
+    if args.ivf:  # earlier spelling: --ivf NLIST
+        kind, nlist = ("ivf" if kind == "flat" else kind), args.ivf
+    res = index_gallery(args.checkpoint, args.root, args.out, dataset=args.dataset,
+                        split=args.split, meta=args.meta, kind=kind, nlist=nlist,
+                        nprobe=args.nprobe, pq_m=args.pq_m, collection=args.collection,
+                        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+    if res is None:  # a torchrun rank other than 0
+        return 0
+    info = res["index"]
+    print(f"[hareid] index of {info['count']} images ({info['dim']}-d, {info['backend']} "
+          f"{info['kind']}) -> {args.out}: {res['added']} added, {res['skipped']} already indexed")
+    if res["unreadable"]:
+        print(f"[hareid] {len(res['unreadable'])} unreadable images skipped, e.g. "
+              f"{res['unreadable'][0]}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Query images -> top-k gallery matches (rank, cosine similarity, path) from a saved index."""
-    from hareid.api import search_images
+    """Query images -> top-k gallery matches (rank, cosine similarity, path) from a saved index.
 
-    for query, hits in search_images(args.checkpoint, args.index, args.images, k=args.k):
+    Filters run inside the index's database: --camera (repeatable), --time-min/--time-max
+    (seconds, inclusive), --source.
+    """
+    from hareid.api import search_images
+    from hareid.index import Filter
+
+    flt = Filter(cameras=args.camera, time_min=args.time_min, time_max=args.time_max,
+                 sources=args.source)
+    for query, hits in search_images(args.checkpoint, args.index, args.images, k=args.k,
+                                     filter=None if flt.empty else flt):
         print(query)
         for rank, (path, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:7.4f}  {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a search page and a JSON API over a gallery (FastAPI + uvicorn).
+
+    --gallery is an index written by `hareid index` (folder, .db or Milvus URI) or a folder of
+    images / a dataset, indexed first into --index (default GALLERY/.hareid-index; resumable).
+    The page: drop a query image, see the top matches with camera, time and attention, filter,
+    page, add and delete gallery images. The API: POST /embed, /search, /gallery; DELETE
+    /gallery/ID; GET /healthz; documentation at /docs. Binds 127.0.0.1 unless --host says
+    otherwise (the API has no authentication). --check starts the app in-process, runs one
+    search and exits (no socket).
+    """
+    from hareid.serve import build_app, check, serve
+
+    app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
+                    collection=args.collection, max_batch=args.max_batch, device=args.device,
+                    progress=not args.quiet)
+    gallery = app.state.gallery
+    print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
+          f"{gallery.index.kind}); uploads go to {gallery.uploads}")
+    if args.check:
+        out = check(app)
+        h = out["health"]
+        print(f"[hareid] check: healthz {h['status']}, {h['count']} images, page "
+              f"{'ok' if out['page_ok'] else 'MISSING'}")
+        if "results" in out:
+            top = out["results"][0]
+            print(f"[hareid] check: gallery item {out['query']['id']} ({out['query']['name']}) -> "
+                  f"top match {top['id']} ({top['name']}), distance {top['distance']:.4f}")
+        return 0 if h["status"] == "ok" and out["page_ok"] else 1
+    print(f"[hareid] open http://{args.host}:{args.port}/ (API docs: /docs); Ctrl-C stops")
+    serve(app, host=args.host, port=args.port)
     return 0
 
 
@@ -356,8 +413,14 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
     "export": (cmd_export, ["hareid export runs/demo/checkpoints/best.pt --format onnx",
                             "hareid export best.pt --format torchscript --out model.ts"]),
     "index": (cmd_index, ["hareid index runs/demo/checkpoints/best.pt data/market1501 --out gallery_index",
-                          "hareid index best.pt photos/ --out photos_index"]),
-    "search": (cmd_search, ["hareid search runs/demo/checkpoints/best.pt gallery_index query.jpg -k 5"]),
+                          "hareid index best.pt photos/ --out photos.db   # milvus-lite",
+                          "hareid index best.pt big/ --out big_index --kind ivfpq --nlist 16384",
+                          "torchrun --nproc_per_node 4 -m hareid index best.pt big/ --out big_index"]),
+    "search": (cmd_search, ["hareid search runs/demo/checkpoints/best.pt gallery_index query.jpg -k 5",
+                            "hareid search best.pt gallery_index q.jpg --camera 2 --time-min 100"]),
+    "serve": (cmd_serve, ["hareid serve runs/demo/checkpoints/best.pt --gallery runs/demo/index",
+                          "hareid serve best.pt --gallery photos/ --port 8080",
+                          "hareid serve best.pt --gallery gallery.db --host 0.0.0.0"]),
     "datasets": (cmd_datasets, ["hareid datasets data/market1501",
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
@@ -452,16 +515,50 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("index")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
     sp.add_argument("root", help="dataset root (its --split is indexed) or a folder of images")
+    sp.add_argument("--out", required=True,
+                    help="index to create or extend: a folder (FAISS + SQLite), a .db file "
+                         "(milvus-lite) or a Milvus URI (http://host:19530)")
     sp.add_argument("--dataset", default=None, help="dataset name (auto-detected when omitted)")
     sp.add_argument("--split", default="gallery", choices=["gallery", "query", "train"])
-    sp.add_argument("--ivf", type=int, default=0, help="IVF lists (0 = exact search)")
-    sp.add_argument("--out", required=True, help="index folder to write")
+    sp.add_argument("--meta", default=None,
+                    help="CSV with a path column (relative to ROOT) and optional camera, time, "
+                         "source, pid columns")
+    sp.add_argument("--kind", default="flat", choices=["flat", "ivf", "ivfpq"],
+                    help="exact, inverted lists, or inverted lists + product quantisation (10M+)")
+    sp.add_argument("--nlist", type=int, default=1024, help="IVF lists (kind ivf / ivfpq)")
+    sp.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default 16)")
+    sp.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantisers (bytes per vector)")
+    sp.add_argument("--ivf", type=int, default=0, help="same as --kind ivf --nlist N (0: off)")
+    sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
+    sp.add_argument("--batch-size", type=int, default=64, help="images per forward pass and per commit")
+    sp.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("search")
     sp.add_argument("checkpoint", help="the checkpoint the index was built with")
-    sp.add_argument("index", help="index folder written by `hareid index`")
+    sp.add_argument("index", help="index written by `hareid index` (folder, .db or Milvus URI)")
     sp.add_argument("images", nargs="+", help="query image files")
     sp.add_argument("-k", type=_positive, default=10, help="matches per query")
+    sp.add_argument("--camera", action="append", default=None, help="only this camera (repeatable)")
+    sp.add_argument("--time-min", type=float, default=None, help="only items at or after this time")
+    sp.add_argument("--time-max", type=float, default=None, help="only items at or before this time")
+    sp.add_argument("--source", action="append", default=None, help="only this source (repeatable)")
+
+    sp = add("serve")
+    sp.add_argument("checkpoint", help="the checkpoint the gallery is (or will be) indexed with")
+    sp.add_argument("--gallery", required=True,
+                    help="an index (folder, .db, Milvus URI) or a folder of images / a dataset")
+    sp.add_argument("--index", default=None,
+                    help="where to index a --gallery folder (default GALLERY/.hareid-index)")
+    sp.add_argument("--uploads", default=None,
+                    help="folder for images added through the API (default: beside the index)")
+    sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    sp.add_argument("--port", type=int, default=8000, help="TCP port")
+    sp.add_argument("--max-batch", type=int, default=32, help="most images per batched model call")
+    sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
 
     sp = add("datasets")
     sp.add_argument("root", help="dataset folder (or a CSV manifest)")

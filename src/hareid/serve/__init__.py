@@ -1,0 +1,75 @@
+"""``hareid serve``: find a person across cameras in a browser (FastAPI + uvicorn).
+
+```python
+from hareid.serve import build_app
+app = build_app("runs/demo/checkpoints/best.pt", "runs/demo/index")   # any ASGI server runs it
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from typing import Any
+
+from hareid.serve.app import Gallery, create_app, open_gallery
+from hareid.serve.limits import Limits, UploadError
+
+__all__ = ["Gallery", "Limits", "UploadError", "build_app", "check", "create_app", "open_gallery",
+           "serve"]
+
+
+def build_app(checkpoint: str | os.PathLike, gallery: str | os.PathLike, *,
+              index: str | os.PathLike | None = None, uploads: str | os.PathLike | None = None,
+              collection: str | None = None, limits: Limits | None = None, max_batch: int = 32,
+              device: str | None = None, progress: bool = True):
+    """Load the checkpoint, open (or first index) the gallery, return the ASGI app."""
+    from hareid.index.embedder import load_embedder
+
+    embedder = load_embedder(checkpoint, device=device)
+    g = open_gallery(gallery, embedder, index=index, uploads=uploads, collection=collection,
+                     progress=progress)
+    return create_app(embedder, g, limits or Limits(), max_batch=max_batch)
+
+
+def check(app: Any) -> dict[str, Any]:
+    """Start the app in-process (no socket), ask /healthz and search with the first gallery item."""
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's notice about its future HTTP client
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        health = client.get("/healthz").json()
+        page = client.get("/", headers={"accept": "text/html"})
+        first = client.get("/gallery", params={"limit": 1}).json()["items"]
+        out: dict[str, Any] = {"health": health, "page_ok": page.status_code == 200}
+        if first:
+            r = client.post("/search", data={"gallery_id": first[0]["id"], "k": 5})
+            r.raise_for_status()
+            out["query"] = first[0]
+            out["results"] = r.json()["results"]
+    return out
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run the app with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        from hareid.errors import HareidError
+
+        raise HareidError("`hareid serve` needs uvicorn: pip install 'hareid[serve]'") from e
+    if not _loopback(host):
+        print(f"[hareid] warning: listening on {host}: the API has no authentication; anyone who "
+              "can reach this port can search and change the gallery", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

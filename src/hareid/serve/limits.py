@@ -1,0 +1,162 @@
+"""What the server accepts: request size, image size, pixel count, type, file names.
+
+Every rejection is an :class:`UploadError` (an HTTP status in the 4xx range and a one-line message)
+raised *before* the expensive step: the request body is cut off at ``max_body_bytes`` while it
+streams in (:class:`BodyLimit`), an image's byte size is bounded before it is parsed, its pixel
+count is read from the header before it is decoded, and only JPEG, PNG, WebP and BMP are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+#: Leading bytes of the accepted formats -> PIL format name.
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may carry."""
+
+    max_body_bytes: int = 64 * 2**20  #: whole request (a POST /gallery may carry several images)
+    max_image_bytes: int = 16 * 2**20  #: one image file
+    max_pixels: int = 40_000_000  #: width x height, read from the header before decoding
+    max_files: int = 64  #: images per POST /gallery
+    max_k: int = 200  #: matches per page
+    max_offset: int = 10_000  #: deepest page start
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
+
+
+class UploadError(Exception):
+    """A request the server refuses: ``status`` (4xx) and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def check_filename(name: str | None) -> str:
+    """A client file name is metadata only; one that tries to be a path is refused."""
+    name = name or ""
+    if any(c in name for c in ("/", "\\", "\x00")) or name in (".", "..") or ".." in name:
+        raise UploadError(400, f"file name {name[:80]!r} is not a plain file name (no folders, "
+                               "no '..'); rename the file")
+    if len(name) > 255:
+        raise UploadError(400, "file name longer than 255 characters; rename the file")
+    return name
+
+
+def sniff(data: bytes) -> str | None:
+    """The format the leading bytes announce (JPEG, PNG, WEBP, BMP) or None."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_image(data: bytes, limits: Limits, name: str = "upload") -> Image.Image:
+    """Bytes of one upload -> an RGB PIL image, or an :class:`UploadError`."""
+    label = name or "upload"
+    if len(data) > limits.max_image_bytes:
+        raise UploadError(413, f"{label}: {len(data)} bytes; the limit is {limits.max_image_bytes} "
+                               "bytes per image")
+    if not data:
+        raise UploadError(400, f"{label}: empty file; send an image")
+    fmt = sniff(data)
+    if fmt is None or fmt not in limits.formats:
+        raise UploadError(415, f"{label}: not an image this server reads "
+                               f"({', '.join(limits.formats)}); send one of those")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=[fmt])  # parses the header only
+            w, h = im.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UploadError(413, f"{label}: {str(e).split('.')[0]}; the limit is "
+                                   f"{limits.max_pixels} pixels") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise UploadError(422, f"{label}: unreadable {fmt} header ({str(e)[:120]})") from None
+        if w < 1 or h < 1 or w * h > limits.max_pixels:
+            raise UploadError(413, f"{label}: declares {w}x{h} = {w * h} pixels; the limit is "
+                                   f"{limits.max_pixels} pixels")
+        try:
+            im.load()  # decodes: truncated or corrupt data fails here
+            return im.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise UploadError(422, f"{label}: truncated or corrupt {fmt} data "
+                                   f"({str(e)[:120]})") from None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its limit gets 413 before it is read further.
+
+    ``max_bytes`` applies to every path except those in ``per_path`` (e.g. one-image routes).
+    A declared ``Content-Length`` over the limit is refused before any byte is read; a chunked
+    body is counted as it streams and cut off when it passes the limit.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, per_path: dict[str, int] | None = None):
+        self.app, self.default = app, int(max_bytes)
+        self.per_path = dict(per_path or {})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope.get("path", ""), self.default)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, int(declared), limit)
+            return
+        seen = 0
+        over = started = replaced = False
+
+        async def limited_receive() -> dict:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    over = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            # frameworks turn a failed body read into their own 4xx: answer 413 instead
+            nonlocal started, replaced
+            if over and not started and message["type"] == "http.response.start":
+                await self._reject(send, seen, limit)
+                started = replaced = True
+                return
+            if replaced:
+                return
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send, seen, limit)
+
+    @staticmethod
+    async def _reject(send: Any, size: int, limit: int) -> None:
+        body = json.dumps({"detail": f"request body of {size}+ bytes; the limit is {limit} bytes "
+                                     "for this route"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
