@@ -164,7 +164,7 @@ def _dataset(root: PathLike, name: str | None):
     name = name or detect_dataset(root)
     if name is None:
         raise DataError(f"{root}: no known dataset layout found; pass --dataset NAME "
-                        "(market1501, dukemtmcreid, cuhk03, msmt17, folder, csv, synthetic)")
+                        "(market1501, dukemtmcreid, cuhk03, msmt17, folder, csv, synthetic, tracklets)")
     return build_dataset(name, root, verbose=False)
 
 
@@ -178,18 +178,25 @@ def evaluate_checkpoint(
     protocol: str = "market1501",
     batch_size: int = 64,
     workers: int = 2,
+    junk: str = "auto",
 ):
-    """Evaluate a checkpoint on a dataset's query/gallery split; returns an ``EvalResult``."""
+    """Evaluate a checkpoint on a dataset's query/gallery split; returns an ``EvalResult``.
+
+    ``junk``: which same-identity gallery entries are ignored (``hareid.evaluate.junk``): ``camera``
+    (Market-1501), ``tracklet``, ``none``, or ``auto`` (camera with 2+ cameras, else tracklet)."""
     from torch.utils.data import DataLoader
 
     from hareid.data.loader import ImageDataset
     from hareid.evaluate import evaluate
+    from hareid.evaluate.junk import apply_junk_rule, resolve_junk_rule
 
     model, info = load_model(checkpoint)
     ds = _dataset(root, dataset)
+    rule = resolve_junk_rule(ds, junk)
+    query, gallery = apply_junk_rule(ds.query, ds.gallery, rule, ds.extras.get("tracklet"))
     tf = _eval_transform(info["height"], info["width"])
     q_loader, g_loader = (DataLoader(ImageDataset(recs, tf), batch_size=batch_size, num_workers=workers)
-                          for recs in (ds.query, ds.gallery))
+                          for recs in (query, gallery))
     return evaluate(model, q_loader, g_loader, metric=metric, flip=flip, rerank=rerank,
                     protocol=protocol)
 
