@@ -48,6 +48,7 @@ VARIANTS = {
     "no_spread": ["adapt.spread=false"],
     "merge": ["adapt.merge=true"],
     "ce_only": ["loss.triplet_weight=0"],
+    "low_lr": ["optim.lr=5e-5"],
 }
 
 

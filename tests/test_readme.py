@@ -69,8 +69,8 @@ def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
         query = str(tiny.images("query")[0])
         return [query if a.endswith(".jpg") else a for a in argv]
     if command == "synthetic":
-        return [*argv, "--train-ids", "2", "--test-ids", "2", "--images-per-id", "4", "--num-cams", "2",
-                "--height", "64", "--width", "32", "--quiet"]
+        return [*argv, "--train-ids", "4", "--test-ids", "4", "--images-per-id", "4", "--num-cams", "2",
+                "--height", "64", "--width", "32", "--quiet"]  # 4 identities: one P x K batch of 4 x 2
     if command == "attention-score":
         return [*argv, "--num-images", "8"]
     if command == "ablate":
@@ -142,9 +142,11 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "python3 -m venv .venv" in ci and ". .venv/bin/activate" in ci
 
 
-def test_readme_python_example_runs(tiny: Tiny, capsys) -> None:
-    (code,) = blocks("python")
+def test_readme_python_examples_run(tiny: Tiny, capsys) -> None:
     path = "runs/demo/checkpoints/best.pt"
-    assert path in code
-    exec(compile(code.replace(path, str(tiny.checkpoint)), "README.md", "exec"), {})
-    assert "bounding_box_test" in capsys.readouterr().out
+    codes = blocks("python")
+    assert len(codes) >= 2 and all(path in code for code in codes)
+    for code in codes:
+        exec(compile(code.replace(path, str(tiny.checkpoint)), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "bounding_box_test" in out and "Embedder(backend=torch" in out

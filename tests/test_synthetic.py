@@ -16,7 +16,6 @@ from hareid.data.synthetic import (
     load_annotations,
     save_sample_grid,
     write_synthetic,
-    write_synthetic_cli,
 )
 from hareid.errors import DataError
 
@@ -119,10 +118,11 @@ def test_refuses_foreign_folder_and_cli(tmp_path, capsys):
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
     with pytest.raises(DataError, match="not empty"):
         write_synthetic(tmp_path / "mine", **TINY)
-    rc = write_synthetic_cli([str(tmp_path / "c"), "--num-train-ids", "3", "--num-test-ids", "3",
-                              "--images-per-id", "4", "--num-cams", "2", "--height", "48",
-                              "--width", "24", "--workers", "0",
-                              "--grid", str(tmp_path / "grid.png")])
+    from hareid.cli import main
+
+    rc = main(["synthetic", str(tmp_path / "c"), "--train-ids", "3", "--test-ids", "3",
+               "--images-per-id", "4", "--num-cams", "2", "--height", "48", "--width", "24", "--quiet",
+               "--grid", str(tmp_path / "grid.png")])
     assert rc == 0 and "gallery" in capsys.readouterr().out
     with Image.open(tmp_path / "grid.png") as im:
         assert im.width > 24 * 4
@@ -132,3 +132,21 @@ def test_sample_grid(tiny, tmp_path):
     out = save_sample_grid(tiny, tmp_path / "g.png", num_ids=4, per_id=3)
     with Image.open(out) as im:
         assert im.size == (3 * 34 + 2, 5 * 66 + 2)  # 4 identity rows + 1 mask row, 2 px padding
+
+
+def test_reading_never_writes(tmp_path):
+    """Only `write_synthetic` generates data: reading a missing or half-written set is an error
+    that names the folder and the command that writes it, and leaves the folder as it was."""
+    from hareid.data import build_dataset
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="hareid synthetic"):
+        build_dataset("synthetic", missing, verbose=False)
+    assert not missing.exists()
+    half = tmp_path / "half"
+    write_synthetic(half, **TINY)
+    (half / ".complete").unlink()  # as if the writer had been killed
+    before = sorted(p.name for p in half.rglob("*"))
+    with pytest.raises(DataError, match="no complete synthetic set"):
+        build_dataset("synthetic", half, verbose=False)
+    assert sorted(p.name for p in half.rglob("*")) == before

@@ -78,6 +78,7 @@ def run_ablation(
             run_dir = output / f"{name}_seed{seed}"
             cfg = load_config(config, [
                 "data.name=synthetic", f"data.root={root}", f"output_dir={run_dir}", f"train.seed={seed}",
+                "train.resume=auto",
                 *overrides, *VARIANTS[name],
             ])
             print(f"[hareid] ablation: {name} seed {seed} -> {run_dir}")

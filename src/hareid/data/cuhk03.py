@@ -44,7 +44,8 @@ def extract_cuhk03_images(mat_path: str | os.PathLike, variant: str, out_dir: st
     """Write the ``variant`` images of ``cuhk-03.mat`` as PNGs into ``out_dir`` (cached)."""
     import h5py
     from PIL import Image
-    from tqdm import tqdm
+
+    from hareid.progress import progress as progress_bar
 
     out_dir = Path(out_dir)
     marker = out_dir / ".complete"
@@ -63,7 +64,7 @@ def extract_cuhk03_images(mat_path: str | os.PathLike, variant: str, out_dir: st
         # (pair index, grid of image refs as num_pids x 10)
         pairs = [(i, np.asarray(mat[ref]).T) for i, ref in enumerate(pair_refs)]
         total = sum(g.size for _, g in pairs)
-        with tqdm(total=total, desc=f"cuhk03 {variant}", disable=not progress, unit="img") as bar:
+        with progress_bar(total=total, desc=f"cuhk03 {variant}", enabled=progress, unit="img") as bar:
             for pair, grid in pairs:
                 for pid in range(grid.shape[0]):
                     for n in range(grid.shape[1]):

@@ -43,7 +43,6 @@ mask shows only the visible person.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing as mp
@@ -61,7 +60,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from hareid.data.records import ReIDDataset
 from hareid.errors import DataError
 
-__all__ = ["load_synthetic", "save_sample_grid", "write_synthetic", "write_synthetic_cli"]
+__all__ = ["load_synthetic", "save_sample_grid", "write_synthetic"]
 
 GENERATOR_VERSION = 1
 SS = 2  # supersampling factor for anti-aliased drawing
@@ -571,7 +570,7 @@ def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int =
     identity; each identity is seen by 2..``num_cams`` cameras. ``workers``: processes (default:
     CPU count, 0 for small sets).
     """
-    from tqdm import tqdm
+    from hareid.progress import progress as progress_bar
 
     if num_train_ids < 1 or num_test_ids < 1 or images_per_id < 2 or num_cams < 2:
         raise DataError(f"{root}: synthetic set needs >=1 train and test identity, >=2 images per "
@@ -603,7 +602,7 @@ def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int =
     if workers is None:
         workers = 0 if len(jobs) < 400 else min(os.cpu_count() or 1, 8)
     images: dict[str, Any] = {}
-    bar = tqdm(total=len(jobs), desc="synthetic", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="synthetic", unit="img", enabled=progress)
     if workers <= 1:
         _init_worker(state)
         for job in jobs:
@@ -628,14 +627,16 @@ def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int =
     return root
 
 
-def load_synthetic(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
-    """The synthetic benchmark as a dataset: an existing complete tree is reused when no
-    parameters are given; otherwise :func:`write_synthetic` (re)writes it with ``kw``."""
+def load_synthetic(root: str | os.PathLike) -> ReIDDataset:
+    """The synthetic benchmark at ``root`` as a dataset. Only reads: a missing or incomplete tree is
+    a :class:`DataError` (data is written only by :func:`write_synthetic`: ``hareid synthetic``,
+    ``hareid demo``)."""
     from hareid.data.datasets import parse_market1501
 
     root = Path(root).expanduser()
-    if kw or not _is_complete(root, None):
-        write_synthetic(root, **kw)
+    if not _is_complete(root, None):
+        raise DataError(f"{root}: no complete synthetic set here; write one with `hareid synthetic {root}` "
+                        "(or `hareid demo`), or set data.root to where it is")
     ds = parse_market1501(root)
     ds.name = "synthetic"
     ds.extras["annotations"] = str(root.resolve() / "annotations.json")
@@ -700,37 +701,3 @@ def save_sample_grid(root: str | os.PathLike, out_path: str | os.PathLike, num_i
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, out_path)
     return out_path
-
-
-def write_synthetic_cli(argv: Sequence[str] | None = None) -> int:
-    """``hareid synthetic ROOT [--seed ...]``: write the benchmark, print its table; returns 0."""
-    p = argparse.ArgumentParser(prog="hareid synthetic",
-                                description="Write the synthetic pedestrian benchmark "
-                                            "(Market-1501 layout + masks + annotations.json).")
-    p.add_argument("root", nargs="?", default="data/synthetic")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-train-ids", type=int, default=100)
-    p.add_argument("--num-test-ids", type=int, default=100)
-    p.add_argument("--images-per-id", type=int, default=20)
-    p.add_argument("--num-cams", type=int, default=6)
-    p.add_argument("--height", type=int, default=160)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--hard-negative-frac", type=float, default=0.3)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--grid", default=None, help="also save a sample grid PNG here")
-    a = p.parse_args(argv)
-    t0 = time.perf_counter()
-    root = write_synthetic(a.root, seed=a.seed, num_train_ids=a.num_train_ids,
-                           num_test_ids=a.num_test_ids, images_per_id=a.images_per_id,
-                           num_cams=a.num_cams, height=a.height, width=a.width,
-                           hard_negative_frac=a.hard_negative_frac, workers=a.workers)
-    ds = load_synthetic(root)
-    print(ds.summary())
-    print(f"written/reused in {time.perf_counter() - t0:.1f} s: {root}")
-    if a.grid:
-        print(f"sample grid: {save_sample_grid(root, a.grid)}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(write_synthetic_cli())

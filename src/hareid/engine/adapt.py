@@ -351,19 +351,19 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     from hareid.api import load_model
 
     _, info = load_model(checkpoint)  # fail early on a foreign checkpoint, before any footage work
-    if run.exists() and overwrite:
-        shutil.rmtree(run)
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
         root = _resolve_tracklets(footage, run, extract_cfg, progress)
     except BaseException:
-        shutil.rmtree(run, ignore_errors=True)
+        if created:
+            shutil.rmtree(run, ignore_errors=True)
         raise
     t_extract = time.perf_counter() - tic
     meta = load_tracklets_meta(root)
     cfg = load_config("hacnn_adapt", [f"data.root={root}", f"output_dir={run}",
                                       f"data.height={info['height']}", f"data.width={info['width']}",
-                                      *cfg_overrides])
+                                      f"model.init={Path(checkpoint).resolve()}", *cfg_overrides])
     if cfg.data.name != "tracklets":
         raise ConfigError(f"data.name={cfg.data.name}: adaptation reads tracklets; leave data.name alone")
     train_ids, val_ids, straddle = time_split(meta, opts.holdout)
@@ -439,8 +439,10 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
           f"({'validation: ' + str(len(val.query)) + ' queries' if val else 'no validation: best = last epoch'})"
           + (f"; before adaptation: Rank-1 {100 * epoch0['rank1']:.1f}% mAP {100 * epoch0['mAP']:.1f}%" if epoch0 else ""),
           file=sys.stderr)
+    # model.init records where the weights came from (RUN/init.json); the Trainer's non-strict load
+    # gives the same weights as init_model (classifiers are skipped: their shapes differ)
     trainer = Trainer(cfg, model=model, dataset=dataset, loaders=(train_loader, q_loader, g_loader),
-                      eval_fn=eval_fn, num_classes=num_ids, model_spec=spec)
+                      eval_fn=eval_fn, num_classes=num_ids, model_spec=spec, overwrite=overwrite)
     result = trainer.fit()
     best = run / "checkpoints" / "best.pt"
     if not best.is_file() and (run / "checkpoints" / "last.pt").is_file():

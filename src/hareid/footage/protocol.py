@@ -96,12 +96,15 @@ def random_hacnn(seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def embed_crops(model: torch.nn.Module, info: Mapping[str, Any], paths: Sequence[PathLike],
                 batch_size: int = 64) -> np.ndarray:
-    """Unit-length embeddings ``(N, D)`` float32 of image files (the one place this module embeds:
-    switch it to ``hareid.Embedder`` when that lands)."""
-    from hareid.api import embed
+    """Unit-length embeddings ``(N, D)`` float32 of image files, through :class:`hareid.Embedder`
+    (the same preprocessing and embedding function as evaluation)."""
+    from hareid.embedder import Embedder
 
-    feats = embed(model, list(paths), dict(info), batch_size=batch_size).numpy()
-    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    was_training = model.training
+    try:
+        return Embedder(model, info=dict(info), batch_size=batch_size).embed([str(p) for p in paths])
+    finally:
+        model.train(was_training)
 
 
 # ------------------------------------------------------------------------------------- evaluation

@@ -1,0 +1,78 @@
+"""Crops per second through ``hareid.Embedder``, per backend, at batch 1 and 32.
+
+    python benchmarks/bench_embedder.py [--repeats 7] [--size 160x64] [--checkpoint CKPT]
+
+Backends: PyTorch eager (float32 and, where the CPU has it, bfloat16), TorchScript and ONNX Runtime
+(both exported from the same model). Each call embeds a list of uint8 crops (HxWx3, 128x48 as a
+detector would give them), so preprocessing (resize, normalise) is included, as a tracker sees it.
+Contenders are timed interleaved, median of ``--repeats``; compare ratios within one run. Without
+``--checkpoint`` a randomly initialised HA-CNN is used (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine_line
+
+from hareid import Embedder
+from hareid.checkpoint import save_checkpoint
+from hareid.cli import main as hareid_main
+from hareid.engine.runtime import cpu_has_bf16
+from hareid.models import build_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--size", default="160x64", help="model input HxW")
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args(argv)
+    h, w = (int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.checkpoint or Path(tmp) / "hacnn.pt")
+        if args.checkpoint is None:
+            torch.manual_seed(0)
+            model = build_model("hacnn", num_classes=10)
+            cfg = {"data": {"height": h, "width": w}}
+            save_checkpoint({"state_dict": model.state_dict(), "model": {"name": "hacnn", "num_classes": 10},
+                             "config": cfg}, ckpt)
+        backends: dict[str, Embedder] = {"eager fp32": Embedder(ckpt, device="cpu")}
+        if cpu_has_bf16():
+            backends["eager bf16"] = Embedder(ckpt, device="cpu", dtype=torch.bfloat16)
+        for fmt, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
+            out = Path(tmp) / f"model{suffix}"
+            if hareid_main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0:
+                backends[fmt] = Embedder(out)
+        rng = np.random.default_rng(0)
+        crops = [rng.integers(0, 256, (128, 48, 3), dtype=np.uint8) for _ in range(32)]
+        print(machine_line())
+        print(f"input {h}x{w}, crops 128x48 uint8, median of {args.repeats} interleaved calls\n")
+        print("| backend | batch 1 (crops/s) | batch 32 (crops/s) | ms per crop at 32 |")
+        print("|---|---:|---:|---:|")
+        times: dict[tuple[str, int], list[float]] = {(b, n): [] for b in backends for n in (1, 32)}
+        for emb in backends.values():  # warm up (first calls allocate, JIT, plan)
+            emb.embed(crops[:1])
+            emb.embed(crops)
+        for _ in range(args.repeats):
+            for (name, n), acc in times.items():
+                t0 = time.perf_counter()
+                backends[name].embed(crops[:n])
+                acc.append(time.perf_counter() - t0)
+        for name in backends:
+            one, many = (statistics.median(times[(name, n)]) for n in (1, 32))
+            print(f"| {name} | {1 / one:.1f} | {32 / many:.1f} | {1000 * many / 32:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
