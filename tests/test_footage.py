@@ -235,3 +235,46 @@ def test_frames_folder_and_range(tmp_path: Path) -> None:
     assert meta["sources"][0]["start"] == 50
     assert all(c["frame"] >= 50 for t in meta["tracklets"] for c in t["crops"])
     assert {dominant(cv2.imread(str(tmp_path / "out" / t["crops"][0]["file"]))) for t in meta["tracklets"]} == {"C", "D"}
+
+
+def test_missing_opencv_names_the_extra(monkeypatch, tmp_path: Path) -> None:
+    import sys
+
+    from hareid.footage.readers import import_cv2
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
+    with pytest.raises(DataError, match=r"pip install 'hareid\[video\]'"):
+        import_cv2()
+
+
+def test_hog_detector_or_a_clear_error() -> None:
+    from hareid.footage.detect import build_detector
+
+    if not hasattr(cv2, "HOGDescriptor"):  # OpenCV 5 moved HOG out of the main package
+        with pytest.raises(DataError, match="opencv-python-headless<5"):
+            build_detector("hog")
+        return
+    boxes, fg = build_detector("hog")(background())
+    assert boxes.shape[1] == 4 and fg is None
+
+
+def test_several_sources_get_unique_names(video, tmp_path: Path) -> None:
+    path, _ = video
+    for d in ("cam1", "cam2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "street.avi").write_bytes(path.read_bytes())
+    meta = extract_tracklets([tmp_path / "cam1" / "street.avi", tmp_path / "cam2" / "street.avi"],
+                             tmp_path / "out", ExtractConfig(stop=50), progress=False)
+    assert [s["name"] for s in meta["sources"]] == ["street", "street-2"]
+    assert {t["source"] for t in meta["tracklets"]} == {"street", "street-2"}
+    ds = build_dataset("tracklets", tmp_path / "out", verbose=False, gap=1.0)
+    assert ds.num_train_cams == 2
+
+
+def test_not_a_video(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    with pytest.raises(DataError, match=r"notes\.txt: not a video file"):
+        open_footage(f)
+    with pytest.raises(DataError, match="no such file"):
+        open_footage(tmp_path / "missing.mp4")

@@ -172,7 +172,8 @@ def fit_scene_geometry(boxes: np.ndarray, min_boxes: int = 30) -> SceneGeometry 
             break
         a, b = np.polyfit(y2[keep], h[keep], 1)
         res = h - (a * y2 + b)
-        mad = np.median(np.abs(res[keep] - np.median(res[keep]))) + 1e-6
+        mad = np.median(np.abs(res[keep] - np.median(res[keep])))
+        mad = max(mad, 0.02 * float(np.median(h)))  # boxes of identical height: a floor, not zero
         keep = np.abs(res) < 2.5 * 1.4826 * mad
     if a < 0:  # people do not get smaller towards the bottom of a street camera's view
         a, b = 0.0, float(np.median(h[keep]))
