@@ -145,3 +145,24 @@ def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsy
     assert main(["eval", str(run / "checkpoints" / "best.pt"), str(run / "tracklets"), "--workers", "0",
                  "--json", str(tmp_path / "e.json")]) == 0
     assert "mAP" in capsys.readouterr().out
+
+
+def test_init_model_from_a_torchreid_checkpoint(tmp_path: Path) -> None:
+    from _peer import peer_hacnn
+
+    from hareid.torchreid_compat import load_torchreid_hacnn
+
+    torch.manual_seed(0)
+    peer = peer_hacnn().HACNN(num_classes=11, use_gpu=False)
+    path = tmp_path / "model.pth.tar-60"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in peer.state_dict().items()}, "epoch": 60}, path)
+    model, spec, _ = init_model(path, num_classes=4)
+    assert spec["name"] == "hacnn" and spec["num_classes"] == 4 and model.return_features
+    ref = load_torchreid_hacnn(path)
+    for k, v in model.state_dict().items():
+        if not k.startswith("classifier"):
+            torch.testing.assert_close(v, ref.state_dict()[k])
+    from hareid.models import build_model
+
+    rebuilt = build_model(spec.pop("name"), **spec)  # the spec stored in checkpoints rebuilds it
+    rebuilt.load_state_dict(model.state_dict())
