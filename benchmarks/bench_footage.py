@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from hareid.data import build_dataset
-from hareid.engine.adapt import adapt
+from hareid.engine.adapt import adapt, recompute_batchnorm
 from hareid.footage import ExtractConfig, extract_tracklets, open_footage
 from hareid.footage.protocol import (
+    crops_of,
     embed_crops,
     evaluate_features,
     evaluate_footage,
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rerun", action="store_true", help="redo cached tracklets and adaptation runs")
+    p.add_argument("--no-adabn", action="store_true",
+                   help="skip the AdaBN row (--adapt-from with BatchNorm statistics of the first half)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for every adaptation run (e.g. train.epochs=4 adapt.holdout=0.3)")
     a = p.parse_args(argv)
@@ -109,10 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         name, _, path = item.partition("=")
         models[name] = path
     adapt_rows = []
-    if a.adapt_from and a.variants:
+    if a.adapt_from:
         from hareid.api import load_model
 
-        _, model_info = load_model(a.adapt_from)
+        model, model_info = load_model(a.adapt_from)
+        if not a.no_adabn:  # the cheapest label-free adaptation: BatchNorm statistics of the first half
+            crops = crops_of(first)
+            models["AdaBN (first half)"] = (recompute_batchnorm(model, crops, model_info["height"],
+                                                                model_info["width"]), model_info)
+    if a.adapt_from and a.variants:
         for v in a.variants:
             run = work / f"adapt_{v}"
             over = [*VARIANTS[v], *([f"train.epochs={a.epochs}"] if a.epochs else []), *a.set,

@@ -166,3 +166,29 @@ def test_init_model_from_a_torchreid_checkpoint(tmp_path: Path) -> None:
 
     rebuilt = build_model(spec.pop("name"), **spec)  # the spec stored in checkpoints rebuilds it
     rebuilt.load_state_dict(model.state_dict())
+
+
+def test_recompute_batchnorm_measures_the_target_statistics(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from hareid.data.transforms import build_transforms
+    from hareid.engine.adapt import recompute_batchnorm
+    from hareid.models import build_model
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    torch.manual_seed(0)
+    model = build_model("hacnn", num_classes=3)
+    bn = model.stem.bn if hasattr(model.stem, "bn") else next(m for m in model.stem.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d))
+    recompute_batchnorm(model, paths, 64, 32, batch_size=4)
+    assert not model.training
+    tf = build_transforms(64, 32)[1]
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        expected = conv(x).mean(dim=(0, 2, 3))  # two equal batches: the mean of batch means
+    torch.testing.assert_close(bn.running_mean, expected, atol=1e-4, rtol=1e-4)

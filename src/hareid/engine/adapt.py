@@ -53,7 +53,7 @@ from hareid.data.records import ImageRecord, ReIDDataset
 from hareid.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["AdaptOptions", "TrackletSampler", "adapt", "init_model", "merge_tracklets",
-           "run_summary", "split_overrides", "time_split"]
+           "recompute_batchnorm", "run_summary", "split_overrides", "time_split"]
 
 
 @dataclass
@@ -137,6 +137,38 @@ def init_model(checkpoint: str | os.PathLike, num_classes: int) -> tuple[torch.n
                               "pass a checkpoint of this model")
     model.load_state_dict({k: v for k, v in state.items() if k in target and k not in fresh}, strict=False)
     return model.train(), {"name": name, "num_classes": num_classes, **spec}, info
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, paths: Sequence[str | os.PathLike], height: int,
+                        width: int, batch_size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """AdaBN (Li et al. 2016): re-estimate every BatchNorm's running mean and variance on the target
+    crops (no gradient, no label), the cheapest form of domain adaptation; returns the model in eval
+    mode. Crops are seen once, in a fixed random order, with the evaluation transform."""
+    from hareid.data.loader import read_image
+    from hareid.data.transforms import build_transforms
+    from hareid.evaluate.features import model_device
+
+    tf = build_transforms(height, width)[1]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    device = model_device(model)
+    order = np.random.default_rng(seed).permutation(len(paths))
+    model.train()
+    try:
+        for i in range(0, len(order), batch_size):
+            chunk = [paths[j] for j in order[i:i + batch_size]]
+            if len(chunk) < 2:
+                continue  # BatchNorm needs two samples
+            x = torch.stack([tf(read_image(str(p))) for p in chunk]).to(device)  # (B, 3, H, W)
+            model(x)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------- tracklets
