@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         model, model_info = load_model(a.adapt_from)
         if not a.no_adabn:  # the cheapest label-free adaptation: BatchNorm statistics of the first half
             crops = crops_of(first)
-            models["AdaBN (first half)"] = (recompute_batchnorm(model, crops, model_info["height"],
-                                                                model_info["width"]), model_info)
+            models["AdaBN (first half)"] = (recompute_batchnorm(
+                model, crops, model_info["height"], model_info["width"], mean=model_info.get("mean"),
+                std=model_info.get("std")), model_info)
     if a.adapt_from and a.variants:
         for v in a.variants:
             run = work / f"adapt_{v}"

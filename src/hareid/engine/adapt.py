@@ -141,7 +141,8 @@ def init_model(checkpoint: str | os.PathLike, num_classes: int) -> tuple[torch.n
 
 @torch.no_grad()
 def recompute_batchnorm(model: torch.nn.Module, paths: Sequence[str | os.PathLike], height: int,
-                        width: int, batch_size: int = 64, seed: int = 0) -> torch.nn.Module:
+                        width: int, batch_size: int = 64, seed: int = 0,
+                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.nn.Module:
     """AdaBN (Li et al. 2016): re-estimate every BatchNorm's running mean and variance on the target
     crops (no gradient, no label), the cheapest form of domain adaptation; returns the model in eval
     mode. Crops are seen once, in a fixed random order, with the evaluation transform."""
@@ -149,7 +150,7 @@ def recompute_batchnorm(model: torch.nn.Module, paths: Sequence[str | os.PathLik
     from hareid.data.transforms import build_transforms
     from hareid.evaluate.features import model_device
 
-    tf = build_transforms(height, width)[1]
+    tf = build_transforms(height, width, **{k: v for k, v in (("mean", mean), ("std", std)) if v})[1]
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -423,10 +424,10 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
         del model0
     num_ids = int(labels.max()) + 1
     records, times, rec_labels = [], [], []
+    cams = {name: k for k, name in enumerate(sorted({by_id[i]["source"] for i in kept}))}
     for lab, i in zip(labels, kept):
-        cam = 0
         for c in by_id[i]["crops"]:
-            records.append(ImageRecord(str(root / c["file"]), int(lab), cam, "train"))
+            records.append(ImageRecord(str(root / c["file"]), int(lab), cams[by_id[i]["source"]], "train"))
             times.append(float(c["time"]))
             rec_labels.append(int(lab))
     id_co = np.zeros((num_ids, num_ids), bool)
@@ -441,8 +442,9 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     val = _validation(root, val_ids, opts.val_gap)
     model, spec, _ = init_model(checkpoint, num_ids)
     d = cfg.data
+    norm = {k: info[k] for k in ("mean", "std") if info.get(k)}  # the model's own normalisation
     train_tf, eval_tf = build_transforms(d.height, d.width, flip=d.flip, pad=d.pad, erasing=d.erasing,
-                                         color_jitter=d.color_jitter)
+                                         color_jitter=d.color_jitter, **norm)
     sampler = TrackletSampler(rec_labels, times, id_co, spans, d.batch_size, d.num_instances,
                               seed=cfg.train.seed, mode=opts.sampler, spread=opts.spread,
                               num_batches=opts.iters_per_epoch)

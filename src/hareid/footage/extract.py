@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hareid.errors import DataError, HareidError
 from hareid.footage.detect import build_detector
@@ -45,6 +44,7 @@ from hareid.footage.track import (
     summarise,
     tracklets_from_ids,
 )
+from hareid.progress import progress as progress_bar
 
 __all__ = ["FORMAT", "ExtractConfig", "SourceResult", "extract_tracklets", "prepare_output"]
 
@@ -143,8 +143,8 @@ def _process_source(src: FrameSource, cfg: ExtractConfig, work: Path, progress: 
     lo, hi = src._range(None, None)
     total = (hi - lo) if hi is not None else None
     tic = time.perf_counter()
-    for fr in tqdm(src.frames(), total=total, desc=f"{src.name}: frames", unit="frame",
-                   disable=not progress, leave=False):
+    for fr in progress_bar(src.frames(), total=total, desc=f"{src.name}: frames", unit="frame",
+                           enabled=progress, leave=False):
         img = fr.image
         h, w = img.shape[:2]
         frame_size = (w, h)

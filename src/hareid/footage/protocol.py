@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hareid.data.records import ImageRecord, ReIDDataset
 from hareid.errors import DataError
+from hareid.progress import progress as progress_bar
 
 __all__ = [
     "VARIANTS",
@@ -264,7 +264,7 @@ def evaluate_footage(root: PathLike | ReIDDataset, models: Mapping[str, Any],
     ds = root if isinstance(root, ReIDDataset) else build_dataset("tracklets", root, verbose=False, gap=gap)
     q_paths, g_paths = [r.path for r in ds.query], [r.path for r in ds.gallery]
     rows = []
-    for name, spec in tqdm(list(models.items()), desc="models", disable=not progress, leave=False):
+    for name, spec in progress_bar(list(models.items()), desc="models", enabled=progress, leave=False):
         kind, loaded = _load(spec)
         if kind == "hist":
             qf, gf = colour_histogram(q_paths), colour_histogram(g_paths)
