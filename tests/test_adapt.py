@@ -127,13 +127,20 @@ def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsy
     make_video(video)
     run = tmp_path / "run"
     rc = main(["adapt", str(tiny.checkpoint), str(video), "--out", str(run), "--quiet",
-               "train.epochs=2", "adapt.holdout=0.45", "adapt.min_crops=4", "data.batch_size=8",
+               "train.epochs=2", "adapt.holdout=0.45", "adapt.min_crops=4", "adapt.merge=true", "data.batch_size=8",
                "data.num_instances=4", "data.workers=0", "train.progress=false"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-2000:]
     rec = json.loads((run / "adapt.json").read_text())
     assert rec["train_tracklets"] >= 2 and rec["held_out_tracklets"] >= 1
     assert rec["validation_queries"] > 0 and rec["epoch0"] is not None
+    merge = rec["merge"]  # merged tracklets were never seen in the same frame
+    assert merge["enabled"] and rec["pseudo_identities"] == merge["identities"] <= rec["train_tracklets"]
+    meta = json.loads((run / "tracklets" / "tracklets.json").read_text())
+    frames = {t["id"]: {c["frame"] for c in t["crops"]} for t in meta["tracklets"]}
+    for group in merge["groups"]:
+        for i, a in enumerate(group):
+            assert all(frames[a].isdisjoint(frames[b]) for b in group[i + 1:])
     assert rec["best"]["epoch"] in (1, 2)
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     assert ckpt["model"]["num_classes"] == rec["pseudo_identities"]

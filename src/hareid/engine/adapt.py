@@ -420,7 +420,9 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
             f = embed_crops(model0, info0, [str(root / c["file"]) for c in by_id[i]["crops"]]).mean(0)
             feats.append(f / max(np.linalg.norm(f), 1e-12))
         labels, thr = merge_tracklets(np.stack(feats), co, opts.merge_quantile)
-        merge_info.update(threshold=thr, tracklets=len(kept), identities=int(labels.max()) + 1)
+        groups = [[kept[j] for j in np.flatnonzero(labels == g)] for g in range(int(labels.max()) + 1)]
+        merge_info.update(threshold=thr, tracklets=len(kept), identities=len(groups),
+                          groups=[g for g in groups if len(g) > 1])  # to check by eye on the contact sheet
         del model0
     num_ids = int(labels.max()) + 1
     records, times, rec_labels = [], [], []
