@@ -39,6 +39,7 @@ from hareid.footage.protocol import (
     evaluate_features,
     evaluate_footage,
     footage_table,
+    paired_difference,
     protocol_stats,
 )
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rerun", action="store_true", help="redo cached tracklets and adaptation runs")
+    p.add_argument("--base", default=None,
+                   help="model name to compare every other model with (paired bootstrap; default: the first --checkpoint)")
     p.add_argument("--no-adabn", action="store_true",
                    help="skip the AdaBN row (--adapt-from with BatchNorm statistics of the first half)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -172,6 +175,22 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {g:g} | " + " | ".join(f"{100 * s['rank1']:.1f} / {100 * s['mAP']:.1f}" for s in cells)
                   + f" | {cells[0]['queries']} ({cells[0]['tracklets']}) |")
         print("(Rank-1 / mAP in %, co-occurring negatives)")
+    base = a.base or next((n for n in models if n not in ("colour histogram", "HA-CNN random init")), None)
+    paired = []
+    if base is not None:
+        print(f"\n| model | minus {base}: Rank-1 (points) | 95 % CI | mAP (points) | 95 % CI |")
+        print("|---|---:|---|---:|---|")
+        for variant in ("cooccurring", "all"):
+            ref = next(r for r in rows if r.model == base and r.variant == variant)
+            for r in rows:
+                if r.variant != variant or r.model == base:
+                    continue
+                d1 = paired_difference(ref, r, "hit", a.bootstrap, 0)
+                d2 = paired_difference(ref, r, "ap", a.bootstrap, 0)
+                paired.append({"model": r.model, "variant": variant, "rank1": d1, "mAP": d2})
+                print(f"| {r.model} ({variant}) | {100 * d1[0]:+.1f} | {100 * d1[1]:+.0f} to {100 * d1[2]:+.0f} "
+                      f"| {100 * d2[0]:+.1f} | {100 * d2[1]:+.0f} to {100 * d2[2]:+.0f} |")
+        print("(paired bootstrap over query tracklets: the same resampled queries for both models)")
     if adapt_rows:
         print("\n| adaptation variant | pseudo-ids | val queries | epoch chosen (label-free) | test mAP: before | "
               "at chosen epoch | best epoch in hindsight | time (s) |")
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         print("(test = second half, co-occurring negatives, gap "
               f"{a.gap:g} s; validation = held-out last 20 % of the first half)")
     out = {"cpu": cpu_model(), "video": a.video, "frames": n, "stats": stats,
-           "rows": [r.to_dict() for r in rows], "sweep": sweep, "adapt": adapt_rows}
+           "rows": [r.to_dict() for r in rows], "sweep": sweep, "adapt": adapt_rows, "paired": paired}
     work.mkdir(parents=True, exist_ok=True)
     (work / "results.json").write_text(json.dumps(out, indent=1))
     print(f"\nresults: {work / 'results.json'}")

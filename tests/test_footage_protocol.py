@@ -174,3 +174,22 @@ def test_histogram_baseline_reidentifies_distinct_colours(tmp_path: Path) -> Non
     assert [r.variant for r in rows] == ["all", "cooccurring"]
     assert all(r.rank1 == 1.0 and r.mAP == 1.0 for r in rows)
     assert rows[0].chance_rank1 == pytest.approx(4 / 16)
+
+
+def test_paired_difference(tmp_path: Path) -> None:
+    from hareid.footage.protocol import paired_difference
+
+    root = write_tracklets(tmp_path, [(0, 50), (10, 60), (40, 95), (45, 100)])
+    ds = parse_tracklets(root)
+    rng = np.random.default_rng(0)
+    qf = rng.normal(size=(len(ds.query), 4)).astype(np.float32)
+    gf = rng.normal(size=(len(ds.gallery), 4)).astype(np.float32)
+    a = evaluate_features(ds, qf, gf, "a", bootstrap=0)
+    same = evaluate_features(ds, qf, gf, "b", bootstrap=0)
+    assert paired_difference(a, same) == (0.0, 0.0, 0.0)  # identical models: no difference at all
+    q_pids, g_pids = [r.pid for r in ds.query], [r.pid for r in ds.gallery]
+    qp = np.stack([np.eye(4)[sorted(set(g_pids)).index(p)] for p in q_pids]).astype(np.float32)
+    perfect = np.stack([np.eye(4)[sorted(set(g_pids)).index(p)] for p in g_pids]).astype(np.float32)
+    b = evaluate_features(ds, qp, perfect, "b", bootstrap=0)
+    d, lo, hi = paired_difference(a, b)
+    assert b.mAP == 1.0 and d == pytest.approx(1.0 - a.mAP) and lo <= d <= hi

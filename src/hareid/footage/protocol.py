@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_features",
     "evaluate_footage",
     "footage_table",
+    "paired_difference",
     "protocol_stats",
     "random_hacnn",
 ]
@@ -123,9 +124,23 @@ class FootageResult:
     num_query: int
     num_query_tracklets: int
     num_gallery: int
+    per_query: dict[str, list] = field(default_factory=dict, repr=False)  # tracklet, hit, ap per valid query
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def paired_difference(a: FootageResult, b: FootageResult, metric: str = "ap", n: int = 1000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """``b - a`` in mAP (``metric="ap"``) or Rank-1 (``"hit"``) on the same queries, with a 95 %
+    interval from one bootstrap over query tracklets applied to both (paired, so the spread of
+    query difficulty cancels). Returns ``(difference, low, high)``."""
+    if a.per_query.get("tracklet") != b.per_query.get("tracklet") or a.variant != b.variant:
+        raise ValueError("paired_difference needs two results on the same queries and variant")
+    groups = np.asarray(a.per_query["tracklet"])
+    diff = np.asarray(b.per_query[metric], float) - np.asarray(a.per_query[metric], float)
+    lo, hi = _bootstrap(diff, groups, n, seed)
+    return float(diff.mean()), lo, hi
 
 
 def _groups(records: Sequence[ImageRecord], ds: ReIDDataset) -> list[str]:
@@ -210,7 +225,8 @@ def evaluate_features(ds: ReIDDataset, qf: np.ndarray, gf: np.ndarray, model: st
         rank1_ci=_bootstrap(hit[valid], groups, bootstrap, seed),
         mAP_ci=_bootstrap(ap[valid], groups, bootstrap, seed),
         chance_rank1=float(chance[valid].mean()), num_query=int(valid.sum()),
-        num_query_tracklets=len(set(groups.tolist())), num_gallery=len(ds.gallery))
+        num_query_tracklets=len(set(groups.tolist())), num_gallery=len(ds.gallery),
+        per_query={"tracklet": groups.tolist(), "hit": hit[valid].tolist(), "ap": ap[valid].tolist()})
 
 
 def protocol_stats(ds: ReIDDataset) -> dict[str, float]:
