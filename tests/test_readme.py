@@ -78,6 +78,16 @@ def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
                 "--output", str(work / "runs" / "ablation"), *TRAIN_OVERRIDES]
     if command == "serve":  # a server blocks: --check starts it in-process, searches once, exits
         return [*argv, "--check", "--quiet"]
+    if command == "tracklets":  # the README's video -> a tiny synthetic street video
+        from _footage import make_video
+
+        video = work / "tiny_street.avi"
+        if not video.is_file():
+            make_video(video)
+        return [str(video) if a.endswith((".mp4", ".avi")) else a for a in argv] + ["--quiet"]
+    if command == "adapt":
+        return [*argv, "--quiet", "train.epochs=1", "data.batch_size=8", "data.num_instances=4",
+                "data.workers=0", "train.progress=false", "adapt.holdout=0.45"]
     if command in ("visualize", "export", "index", "datasets"):
         return argv  # already small on the tiny data
     pytest.fail(f"README command `hareid {shlex.join(argv)}`: test_readme.shrink does not know how "
@@ -89,7 +99,7 @@ def test_readme_has_commands_for_every_section() -> None:
     assert ["demo"] in commands
     used = {c[0] for c in commands}
     assert {"demo", "train", "eval", "report", "visualize", "export", "index", "search", "serve",
-            "datasets", "synthetic", "attention-score", "ablate"} <= used
+            "datasets", "synthetic", "attention-score", "ablate", "tracklets", "adapt"} <= used
 
 
 def test_every_readme_command_is_known(tiny: Tiny, tmp_path: Path) -> None:
@@ -117,7 +127,8 @@ def test_every_readme_command_runs(tiny: Tiny, tmp_path: Path, monkeypatch, caps
                  "runs/demo/checkpoints/best.ts", "runs/demo/index/gallery.sqlite",
                  "runs/demo/attention_score.json", "runs/market1501/report/index.html",
                  "docs/images/attention.png", "docs/images/synthetic_grid.png",
-                 "runs/ablation/results.jsonl"):
+                 "runs/ablation/results.jsonl", "data/street_tracklets/contact_sheet.jpg",
+                 "runs/street/checkpoints/best.pt", "runs/street/adapt.json"):
         assert (work / path).is_file(), path
     assert (work / "runs/demo/gallery.db").exists()  # milvus-lite's data folder
     assert len(ran) == len(readme_commands())

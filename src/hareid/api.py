@@ -174,7 +174,7 @@ def _dataset(root: PathLike, name: str | None):
     name = name or detect_dataset(root)
     if name is None:
         raise DataError(f"{root}: no known dataset layout found; pass --dataset NAME "
-                        "(market1501, dukemtmcreid, cuhk03, msmt17, folder, csv, synthetic)")
+                        "(market1501, dukemtmcreid, cuhk03, msmt17, folder, csv, synthetic, tracklets)")
     return build_dataset(name, root, verbose=False)
 
 
@@ -190,18 +190,26 @@ def evaluate_checkpoint(
     workers: int = 2,
     skip_bad_images: bool = False,
     amp: str = "none",
+    junk: str = "auto",
 ):
     """Evaluate a checkpoint on a dataset's query/gallery split; returns an ``EvalResult``.
 
-    ``amp``: embedding precision as ``eval.amp`` (``none``, ``bf16``, ``fp16``, ``auto``)."""
+    ``amp``: embedding precision as ``eval.amp`` (``none``, ``bf16``, ``fp16``, ``auto``).
+    ``junk``: which same-identity gallery entries are ignored (``hareid.evaluate.junk``): ``camera``
+    (Market-1501), ``tracklet``, ``none``, or ``auto`` (camera with 2+ cameras, else tracklet)."""
+    from dataclasses import replace
+
     from hareid.data.loader import build_eval_loaders
     from hareid.engine.runtime import resolve_amp
     from hareid.evaluate import evaluate
     from hareid.evaluate.features import model_device
+    from hareid.evaluate.junk import apply_junk_rule, resolve_junk_rule
 
     model, info = load_model(checkpoint, device="cuda" if torch.cuda.is_available() else None)
-    loaders = build_eval_loaders(_dataset(root, dataset), info["height"], info["width"], batch_size, workers,
-                                 skip_bad_images, info["mean"], info["std"])
+    ds = _dataset(root, dataset)
+    query, gallery = apply_junk_rule(ds.query, ds.gallery, resolve_junk_rule(ds, junk), ds.extras.get("tracklet"))
+    loaders = build_eval_loaders(replace(ds, query=query, gallery=gallery), info["height"], info["width"],
+                                 batch_size, workers, skip_bad_images, info["mean"], info["std"])
     return evaluate(model, *loaders, metric=metric, flip=flip, rerank=rerank, protocol=protocol,
                     dtype=resolve_amp(amp, model_device(model), "--amp"))
 

@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, args.root, dataset=args.dataset, flip=args.flip, rerank=args.rerank,
         metric=args.metric, protocol=args.protocol, batch_size=args.batch_size,
-        workers=args.workers, skip_bad_images=args.skip_bad_images, amp=args.amp,
+        workers=args.workers, skip_bad_images=args.skip_bad_images, amp=args.amp, junk=args.junk,
     )
     print(result.table())
     out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
@@ -254,7 +254,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     """Recognise and check a dataset folder, print its statistics table.
 
     Layouts: Market-1501, DukeMTMC-reID, CUHK03, MSMT17, hareid's synthetic set, a folder tree
-    ROOT/{train,query,gallery}/<identity>/<camera>_<name>.jpg, or a CSV manifest.
+    ROOT/{train,query,gallery}/<identity>/<camera>_<name>.jpg, a CSV manifest, or a tracklets
+    folder written by `hareid tracklets` (identities = tracklets; query/gallery = the time-gap
+    protocol, whose "cameras" are junk groups: one per tracklet part).
     """
     from hareid.data import build_dataset, check_images, detect_dataset
 
@@ -265,11 +267,15 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if name is None:
         raise HareidError(
             f"{root}: not a recognised dataset layout (Market-1501, DukeMTMC-reID, CUHK03, MSMT17, "
-            "synthetic, folder, csv); pass --dataset NAME or see `hareid datasets --help`"
+            "synthetic, folder, csv, tracklets); pass --dataset NAME or see `hareid datasets --help`"
         )
     ds = build_dataset(name, root, verbose=False)
     print(f"layout: {name}" + ("" if args.dataset else " (detected)"))
     print(ds.summary())
+    if "protocol" in ds.extras:  # a tracklets folder: say what query/gallery and "cameras" are
+        p = ds.extras["protocol"]
+        print(f"query/gallery: time-gap protocol (gap {p['gap']:g} s); 'cameras' there are junk groups "
+              "(one per tracklet part), train identities are tracklets")
     if args.verify_images:
         check_images(ds.train + ds.query + ds.gallery)
         print(f"[hareid] all {len(ds.train) + len(ds.query) + len(ds.gallery)} images decode")
@@ -330,6 +336,49 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracklets(args: argparse.Namespace) -> int:
+    """Person tracklets from footage: video files, frame folders or MOTChallenge sequences.
+
+    Detects people (static camera: MOG2 background subtraction, or --detector hog; a MOT
+    sequence's det/det.txt or gt/gt.txt boxes are used as given), links them into tracklets
+    (IoU + motion, Hungarian assignment), drops tracks that hold two people or too few frames,
+    and writes a dataset folder: crops named <source>_<tracklet>_<frame>.jpg, foreground masks,
+    tracklets.json (boxes, frames, timestamps), summary.txt and contact_sheet.jpg (one row per
+    tracklet). `hareid datasets DIR` reads it; the footage is never modified. Needs OpenCV:
+    pip install 'hareid[video]'.
+    """
+    from hareid.footage import extract_tracklets, summary_table
+
+    meta = extract_tracklets(args.footage, args.out, _extract_config(args), overwrite=args.overwrite,
+                             progress=not args.quiet)
+    print(summary_table(meta, max_rows=args.rows))
+    print(f"[hareid] tracklets -> {args.out} (check them by eye: {Path(args.out) / 'contact_sheet.jpg'})")
+    print(f"[hareid] next: hareid adapt CHECKPOINT {args.out} --out RUN")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Adapt a model to your footage without labels (tracklets as pseudo-identities).
+
+    FOOTAGE is a tracklets folder (from `hareid tracklets`) or footage (videos, frame folders, MOT
+    sequences), turned into tracklets under OUT/tracklets first. The later 20 % of the footage is
+    held out: its tracklets give the label-free validation (time-gap protocol) that picks
+    OUT/checkpoints/best.pt. Writes a normal run folder (config.yaml, metrics.jsonl, checkpoints,
+    eval.json) plus OUT/adapt.json. CHECKPOINT: a hareid checkpoint or a torchreid HACNN one.
+    """
+    from hareid.engine.adapt import adapt, run_summary
+
+    footage = [f for f in args.footage if "=" not in f]
+    overrides = [*args.overrides, *(f for f in args.footage if "=" in f)]
+    if not footage:
+        raise HareidError("no footage given; pass a tracklets folder, videos, frame folders or MOT sequences")
+    result = adapt(args.checkpoint, footage, args.out, overrides, extract_cfg=_extract_config(args),
+                   progress=not args.quiet, overwrite=args.overwrite)
+    print(run_summary(result))
+    print(f"[hareid] run folder: {args.out}; model: {Path(args.out) / 'checkpoints' / 'best.pt'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- #
 # helpers
 # ---------------------------------------------------------------------------------------------- #
@@ -375,6 +424,29 @@ def _print_summary(result: dict, run_dir: Path, report: Path | None, num_test_id
     print(f"[hareid] run folder: {run_dir}")
     if report is not None:
         print(f"[hareid] report: {report}")
+
+
+def _extract_config(args: argparse.Namespace) -> Any:
+    from hareid.footage import ExtractConfig
+
+    return ExtractConfig(detector=args.detector, boxes=args.boxes, fps=args.fps, start=args.start,
+                         stop=args.stop, min_frames=args.min_frames, masks=args.masks)
+
+
+def _add_footage_options(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("footage options (videos, frame folders, MOT sequences)")
+    g.add_argument("--detector", default="mog2", choices=["mog2", "hog"],
+                   help="people detector for a static camera (hog needs OpenCV 4.x)")
+    g.add_argument("--boxes", default="auto", choices=["auto", "gt", "det", "detect"],
+                   help="MOT sequences: given boxes (auto: gt, else det) or detect")
+    g.add_argument("--fps", type=float, default=None, help="frame rate (frame folders default to 25)")
+    g.add_argument("--start", type=int, default=0, help="first frame (0-based)")
+    g.add_argument("--stop", type=int, default=None, help="stop before this frame")
+    g.add_argument("--min-frames", type=int, default=8, help="shortest tracklet kept (boxes)")
+    g.add_argument("--masks", default=None, action=argparse.BooleanOptionalAction,
+                   help="write foreground masks (default: with the mog2 detector)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _dataset_images(info: dict, n: int) -> list[str]:
@@ -428,6 +500,11 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
     "attention-score": (cmd_attention_score, ["hareid attention-score runs/demo"]),
     "ablate": (cmd_ablate, ["hareid ablate --seeds 0 1 2",
                             "hareid ablate --variants full none --seeds 0 train.epochs=3"]),
+    "tracklets": (cmd_tracklets, ["hareid tracklets street.mp4 --out data/street_tracklets",
+                                  "hareid tracklets cam1.mp4 cam2.mp4 --out data/tracklets --start 0 --stop 3000",
+                                  "hareid tracklets MOT17/train/MOT17-09-DPM --out data/mot09 --boxes det"]),
+    "adapt": (cmd_adapt, ["hareid adapt runs/demo/checkpoints/best.pt data/street_tracklets --out runs/street",
+                          "hareid adapt best.pt street.mp4 --out runs/street train.epochs=4 adapt.merge=true"]),
 }
 
 
@@ -485,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["market1501", "market1501_official", "cuhk03"], help="evaluation rules")
     sp.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    sp.add_argument("--junk", default="auto", choices=["auto", "camera", "tracklet", "none"],
+                    help="same-identity gallery entries ignored: same camera (Market-1501), same "
+                         "tracklet (one camera), only the query's own file; auto: camera with 2+ "
+                         "cameras, else tracklet")
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
     sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes")
     sp.add_argument("--amp", default="none", choices=["none", "bf16", "fp16", "auto"],
@@ -589,6 +670,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--variants", nargs="+", default=None,
                     help="subset of none soft hard full no_cross (default: all)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+
+    sp = add("tracklets")
+    sp.add_argument("footage", nargs="+", help="video files, frame folders or MOT sequence folders")
+    sp.add_argument("--out", required=True, help="tracklets folder to write (a new dataset folder)")
+    sp.add_argument("--rows", type=int, default=20, help="tracklets listed in the printed summary")
+    _add_footage_options(sp)
+
+    sp = add("adapt", _OVERRIDES + "\nAdaptation keys: adapt.holdout, adapt.val_gap, adapt.merge, "
+             "adapt.merge_quantile, adapt.sampler, adapt.spread, adapt.min_crops, adapt.iters_per_epoch")
+    sp.add_argument("checkpoint", help="a hareid checkpoint or a torchreid HACNN checkpoint")
+    sp.add_argument("footage", nargs="+", metavar="FOOTAGE",
+                    help="a tracklets folder, or videos / frame folders / MOT sequences; "
+                         "then KEY=VALUE overrides")
+    sp.add_argument("--out", required=True, help="run folder to write")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    sp.set_defaults(trailing_overrides=True)
+    _add_footage_options(sp)
     return p
 
 
@@ -608,7 +706,12 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE items after options (`hareid adapt CKPT FOOTAGE --out RUN k=v`)
+        if getattr(args, "trailing_overrides", False) and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -24,7 +24,8 @@ Layouts read
 ``folder`` (your own crops)
     ``root/{train,query,gallery}/<identity>/<camera>_<anything>.<jpg|jpeg|png|bmp>``. ``<identity>`` is
     any folder name (``0042``, ``alice``); ``<camera>`` is the file name up to the first ``_``
-    (``3``, ``c3``, ``cam3``, ``entrance``). Numeric identity names keep their value in query and
+    (``3``, ``c3``, ``cam3``, ``entrance``); names ``<camera>_<tracklet>_<anything>`` also give the
+    tracklet (``extras["tracklet"]``, for ``--junk tracklet`` with one camera). Numeric identity names keep their value in query and
     gallery, other names are numbered in sorted order (the same mapping for both); identity ``-1``
     is dropped (junk), identity ``0`` is kept in the gallery only (distractors). Cameras are
     numbered 0.. over all splits, numeric names in numeric order. ``train/`` may be empty or absent
@@ -32,9 +33,13 @@ Layouts read
 ``csv`` (a manifest)
     A CSV file with header ``path,pid,camid,split`` (``root`` = the file, or a folder holding
     ``manifest.csv``). ``path`` is absolute or relative to the CSV's folder; ``pid``/``camid`` are
-    integers or names (numbered as for ``folder``); ``split`` is ``train``, ``query`` or ``gallery``.
+    integers or names (numbered as for ``folder``); ``split`` is ``train``, ``query`` or ``gallery``;
+    an optional ``tracklet`` column names each image's tracklet (``extras["tracklet"]``).
 ``synthetic``
     The built-in benchmark (:mod:`hareid.data.synthetic`), written if absent, read as Market-1501.
+``tracklets``
+    A folder written by ``hareid tracklets`` (``tracklets.json`` + crops): pseudo-identities from
+    tracking, and the label-free time-gap protocol as query/gallery (:mod:`hareid.data.tracklets`).
 
 Errors are :class:`~hareid.errors.DataError` with one line naming the path and the expected layout.
 """
@@ -239,18 +244,24 @@ def parse_folder(root: str | os.PathLike) -> ReIDDataset:
         if not (root / split).is_dir():
             raise DataError(f"{root / split}: folder missing; expected {_FOLDER_LAYOUT}")
     rows: list[tuple[str, Any, Any, str]] = []
+    tracklets: dict[str, str] = {}
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
         for id_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             for img in _list_images(id_dir):
-                cam, sep, _ = img.stem.partition("_")
+                cam, sep, rest = img.stem.partition("_")
                 if not sep or not cam:
                     raise DataError(f"{img}: no camera in the file name; expected "
                                     f"<camera>_<anything>{img.suffix} (layout {_FOLDER_LAYOUT})")
                 rows.append((str(img), id_dir.name, _cam_label(cam), split))
-    return _finish_custom("folder", root, rows)
+                track, sep2, _ = rest.partition("_")
+                if sep2 and track:  # <camera>_<tracklet>_<anything>: the tracklet junk group
+                    tracklets[str(img)] = f"{id_dir.name}/{cam}/{track}"
+    ds = _finish_custom("folder", root, rows)
+    ds.extras["tracklet"] = tracklets
+    return ds
 
 
 def _cam_label(cam: str) -> str:
@@ -268,6 +279,7 @@ def parse_csv(root: str | os.PathLike) -> ReIDDataset:
         raise DataError(f"{path}: manifest not found; expected a CSV with header path,pid,camid,split")
     path = path.resolve()
     rows: list[tuple[str, Any, Any, str]] = []
+    tracklets: dict[str, str] = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -286,9 +298,13 @@ def parse_csv(root: str | os.PathLike) -> ReIDDataset:
                 raise DataError(f"{img}: image listed in {path.name} line {lineno} not found; "
                                 "paths are absolute or relative to the CSV's folder")
             rows.append((str(img), row["pid"], _cam_label(row["camid"]), split))
+            if row.get("tracklet"):
+                tracklets[str(img)] = row["tracklet"]
     if not any(r[3] == "query" for r in rows) or not any(r[3] == "gallery" for r in rows):
         raise DataError(f"{path}: no query or no gallery rows; every manifest needs both splits")
-    return _finish_custom("csv", path, rows)
+    ds = _finish_custom("csv", path, rows)
+    ds.extras["tracklet"] = tracklets
+    return ds
 
 
 # ------------------------------------------------------------------------------------- registry
@@ -296,6 +312,12 @@ def _build_cuhk03(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
     from hareid.data.cuhk03 import parse_cuhk03
 
     return parse_cuhk03(root, **kw)
+
+
+def _build_tracklets(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
+    from hareid.data.tracklets import parse_tracklets
+
+    return parse_tracklets(root, **kw)
 
 
 def _build_synthetic(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
@@ -315,6 +337,7 @@ DATASETS: dict[str, Callable[..., ReIDDataset]] = {
     "folder": parse_folder,
     "csv": parse_csv,
     "synthetic": _build_synthetic,
+    "tracklets": _build_tracklets,
 }
 _ALIASES = {"market": "market1501", "duke": "dukemtmcreid", "dukemtmc": "dukemtmcreid",
             "msmt": "msmt17", "cuhk03np": "cuhk03", "manifest": "csv"}
@@ -370,6 +393,10 @@ def detect_dataset(root: str | os.PathLike) -> str | None:
         return None
     if (root / "synthetic.json").is_file():
         return "synthetic"
+    from hareid.data.tracklets import is_tracklets_folder
+
+    if is_tracklets_folder(root):
+        return "tracklets"
     if (root / "manifest.csv").is_file():
         return "csv"
     if any((d / "cuhk-03.mat").is_file() for d in (root, root / "cuhk03_release")):

@@ -99,6 +99,9 @@ class RunFolder:
     #: among them, and no checkpoint) is a run that died early, which a new run may replace.
     EARLY_FILES = frozenset({"config.yaml", "metrics.jsonl", "init.json", "tb", "checkpoints"})
     CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+    #: inputs a command writes into the run folder before training starts (``hareid adapt``'s
+    #: tracklets): part of this run, never taken for another run's files or moved aside
+    INPUTS = ("tracklets",)
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = Path(path)
@@ -109,7 +112,7 @@ class RunFolder:
     def _contents(self) -> list[Path]:
         if not self.path.is_dir():
             return []
-        return sorted(p for p in self.path.iterdir() if p.name not in (self.LOCK, self.PREVIOUS, self.DISCARD))
+        return sorted(p for p in self.path.iterdir() if p.name not in (self.LOCK, self.PREVIOUS, self.DISCARD, *self.INPUTS))
 
     def _has_checkpoint(self) -> bool:
         ckpts = self.path / "checkpoints"

@@ -1,0 +1,318 @@
+"""Footage readers: a video file, a folder of frames, or a MOTChallenge sequence -> frames.
+
+Every reader is a :class:`FrameSource`: ``name`` (used in crop names), ``fps``, ``num_frames``
+(``None`` when a video does not say), and iteration over :class:`Frame` s ``(index, time, image)``
+with ``image`` an ``HxWx3 uint8`` BGR array (OpenCV's order). A MOT sequence also carries its
+given boxes (:attr:`MOTSequence.boxes`), used instead of a detector. Footage is only ever read.
+
+OpenCV (``pip install 'hareid[video]'``) decodes video and frames; it is imported lazily so that
+the rest of hareid works without it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hareid.errors import DataError
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "Frame",
+    "FrameFolder",
+    "FrameSource",
+    "GivenBox",
+    "MOTSequence",
+    "VideoFile",
+    "import_cv2",
+    "open_footage",
+    "parse_mot_file",
+]
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".ts")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VIDEO_EXTRA = "pip install 'hareid[video]'"
+
+
+def import_cv2() -> Any:
+    """``cv2``, or a one-line error naming the extra that installs it."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise DataError(f"reading footage needs OpenCV, which is not installed; {VIDEO_EXTRA} "
+                        "(opencv-python-headless)") from e
+    return cv2
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: 0-based ``index`` in its source, ``time`` in seconds, BGR ``image``."""
+
+    index: int
+    time: float
+    image: np.ndarray  # (H, W, 3) uint8, BGR
+
+
+@dataclass(frozen=True)
+class GivenBox:
+    """A box from a MOT file: ``track`` id (-1 for plain detections), ``box`` x1, y1, x2, y2 px."""
+
+    track: int
+    box: tuple[float, float, float, float]
+    score: float = 1.0
+
+
+@dataclass
+class FrameSource:
+    """Base class: a named sequence of frames (see module docstring)."""
+
+    path: Path
+    name: str
+    fps: float
+    start: int = 0  # first frame index read (inclusive)
+    stop: int | None = None  # last frame index read (exclusive); None = to the end
+    boxes: dict[int, list[GivenBox]] | None = field(default=None, repr=False)
+    box_kind: str = "detect"  # "detect" (no boxes given), "det" or "gt"
+
+    @property
+    def num_frames(self) -> int | None:  # pragma: no cover - overridden
+        return None
+
+    def frames(self, start: int | None = None, stop: int | None = None,
+               step: int = 1) -> Iterator[Frame]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def _range(self, start: int | None, stop: int | None) -> tuple[int, int | None]:
+        lo = self.start if start is None else max(start, self.start)
+        hi = self.stop if stop is None else (stop if self.stop is None else min(stop, self.stop))
+        n = self.num_frames
+        if n is not None:
+            hi = n if hi is None else min(hi, n)
+        return lo, hi
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (written to tracklets.json)."""
+        return {"name": self.name, "path": str(self.path), "fps": self.fps, "start": self.start,
+                "stop": self.stop, "num_frames": self.num_frames, "boxes": self.box_kind}
+
+
+def _source_name(path: Path) -> str:
+    name = path.stem if path.is_file() else path.name
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", name).strip("-") or "footage"
+
+
+# ------------------------------------------------------------------------------------------ video
+class VideoFile(FrameSource):
+    """A video file decoded with OpenCV (FFmpeg backend)."""
+
+    def __init__(self, path: Path, fps: float | None = None, start: int = 0,
+                 stop: int | None = None) -> None:
+        cv2 = import_cv2()
+        cap = cv2.VideoCapture(str(path))
+        try:
+            ok, _ = cap.read() if cap.isOpened() else (False, None)
+            if not ok:
+                raise DataError(
+                    f"{path}: cannot decode this video (OpenCV {cv2.__version__}, FFmpeg backend: "
+                    f"{_has_ffmpeg(cv2)}); the file may be damaged or use a codec this OpenCV lacks: "
+                    f"reinstall with {VIDEO_EXTRA} (opencv-python-headless ships FFmpeg) or convert "
+                    "it: ffmpeg -i IN -c:v libx264 out.mp4")
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            rate = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        finally:
+            cap.release()
+        super().__init__(path, _source_name(path), float(fps or rate or 25.0), start, stop)
+        self._count = count if count > 0 else None
+
+    @property
+    def num_frames(self) -> int | None:
+        return self._count
+
+    def frames(self, start: int | None = None, stop: int | None = None,
+               step: int = 1) -> Iterator[Frame]:
+        cv2 = import_cv2()
+        lo, hi = self._range(start, stop)
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            i = 0
+            while hi is None or i < hi:
+                if i < lo or (i - lo) % step:
+                    if not cap.grab():
+                        break
+                else:
+                    ok, img = cap.read()
+                    if not ok:
+                        break
+                    yield Frame(i, i / self.fps, img)
+                i += 1
+        finally:
+            cap.release()
+
+
+def _has_ffmpeg(cv2: Any) -> str:
+    info = cv2.getBuildInformation()
+    m = re.search(r"FFMPEG:\s*(\w+)", info)
+    return m.group(1) if m else "unknown"
+
+
+# ----------------------------------------------------------------------------------- frame folder
+def _natural_key(p: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name))
+
+
+def _list_frames(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS
+                   and not p.name.startswith(".")), key=_natural_key)
+
+
+class FrameFolder(FrameSource):
+    """A folder of frame images, in natural sort order (``frame2.png`` before ``frame10.png``)."""
+
+    def __init__(self, path: Path, fps: float | None = None, start: int = 0, stop: int | None = None,
+                 name: str | None = None, files: list[Path] | None = None) -> None:
+        files = _list_frames(path) if files is None else files
+        if not files:
+            raise DataError(f"{path}: no frame images ({', '.join(FRAME_EXTENSIONS)}) in this folder; "
+                            "pass a video file, a folder of frames or a MOT sequence (img1/ + det/det.txt)")
+        super().__init__(path, name or _source_name(path), float(fps or 25.0), start, stop)
+        self.files = files
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.files)
+
+    def frames(self, start: int | None = None, stop: int | None = None,
+               step: int = 1) -> Iterator[Frame]:
+        cv2 = import_cv2()
+        lo, hi = self._range(start, stop)
+        for i in range(lo, hi if hi is not None else len(self.files), step):
+            img = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
+            if img is None:
+                raise DataError(f"{self.files[i]}: unreadable frame image; replace or remove it")
+            yield Frame(i, i / self.fps, img)
+
+
+# ------------------------------------------------------------------------------------ MOTChallenge
+def parse_mot_file(path: Path, kind: str) -> dict[int, list[GivenBox]]:
+    """``det.txt`` / ``gt.txt`` -> ``{frame index (0-based): [GivenBox]}``.
+
+    Lines are ``frame, id, left, top, width, height, conf[, ...]`` with 1-based frames. In ``gt``
+    files with 8+ columns, only rows marked active (column 7 = 1) of class 1 (pedestrian) are kept.
+    A malformed line raises a DataError naming the file and line.
+    """
+    out: dict[int, list[GivenBox]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = [p for p in re.split(r"[,\s]+", text) if p]
+            try:
+                if len(parts) < 6:
+                    raise ValueError("fewer than 6 fields")
+                vals = [float(p) for p in parts]
+                frame, track = int(vals[0]), int(vals[1])
+                x, y, w, h = vals[2:6]
+                if frame < 1 or w <= 0 or h <= 0 or not np.isfinite(vals).all():
+                    raise ValueError("frame < 1 or box without area")
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: malformed line {text[:60]!r} ({e}); expected "
+                                "'frame, id, left, top, width, height, conf, ...' with frame >= 1") from None
+            conf = vals[6] if len(vals) > 6 else 1.0
+            if kind == "gt" and len(vals) >= 8 and (conf == 0 or int(vals[7]) != 1):
+                continue  # ignored region or not a pedestrian
+            out.setdefault(frame - 1, []).append(
+                GivenBox(track if kind == "gt" else -1, (x, y, x + w, y + h),
+                         1.0 if kind == "gt" else conf))
+    if not out:
+        raise DataError(f"{path}: no boxes in this file; expected MOTChallenge lines "
+                        "'frame, id, left, top, width, height, conf, ...'")
+    return out
+
+
+class MOTSequence(FrameFolder):
+    """A MOTChallenge sequence: ``img1/`` frames, ``seqinfo.ini``, ``det/det.txt`` or ``gt/gt.txt``.
+
+    ``boxes="auto"`` uses ground truth when present (identities given), else the detections;
+    ``"det"``/``"gt"`` force one; ``"detect"`` ignores both and detects.
+    """
+
+    def __init__(self, path: Path, boxes: str = "auto", fps: float | None = None, start: int = 0,
+                 stop: int | None = None) -> None:
+        info = _read_seqinfo(path / "seqinfo.ini")
+        img_dir = path / info.get("imdir", "img1")
+        rate = fps or _float(info.get("framerate")) or 25.0
+        super().__init__(img_dir, rate, start, stop, name=_source_name(path))
+        self.path = path
+        gt, det = path / "gt" / "gt.txt", path / "det" / "det.txt"
+        if boxes == "auto":
+            boxes = "gt" if gt.is_file() else "det" if det.is_file() else "detect"
+        if boxes in ("gt", "det"):
+            file = gt if boxes == "gt" else det
+            if not file.is_file():
+                raise DataError(f"{file}: not found; this MOT sequence has no {boxes} boxes "
+                                "(use --boxes auto or detect)")
+            self.boxes = parse_mot_file(file, boxes)
+        elif boxes != "detect":
+            raise DataError(f"unknown --boxes {boxes!r}; choose auto, gt, det or detect")
+        self.box_kind = boxes
+
+
+def _read_seqinfo(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    cp = configparser.ConfigParser()
+    try:
+        cp.read(path, encoding="utf-8")
+    except configparser.Error as e:
+        raise DataError(f"{path}: unreadable seqinfo.ini ({str(e).splitlines()[0]})") from None
+    return {k.lower(): v for k, v in (cp["Sequence"].items() if cp.has_section("Sequence") else [])}
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def is_mot_sequence(path: Path) -> bool:
+    return path.is_dir() and (path / "img1").is_dir() and (
+        (path / "det" / "det.txt").is_file() or (path / "gt" / "gt.txt").is_file()
+        or (path / "seqinfo.ini").is_file())
+
+
+# ------------------------------------------------------------------------------------------- open
+def open_footage(path: str | os.PathLike, fps: float | None = None, start: int = 0,
+                 stop: int | None = None, boxes: str = "auto") -> FrameSource:
+    """A :class:`FrameSource` for a video file, a frames folder or a MOT sequence folder.
+
+    ``start``/``stop`` restrict the frames read (0-based, ``stop`` exclusive); ``fps`` overrides the
+    frame rate (videos and ``seqinfo.ini`` carry their own; a frames folder defaults to 25).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder; pass a video file, a folder of frames or a "
+                        "MOT sequence folder")
+    if start < 0 or (stop is not None and stop <= start):
+        raise DataError(f"{p}: empty frame range start={start} stop={stop}")
+    if p.is_file():
+        if p.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise DataError(f"{p}: not a video file (extensions {', '.join(VIDEO_EXTENSIONS)}); pass a "
+                            "video, a folder of frames or a MOT sequence folder")
+        return VideoFile(p, fps, start, stop)
+    if is_mot_sequence(p):
+        return MOTSequence(p, boxes, fps, start, stop)
+    if boxes in ("gt", "det"):
+        raise DataError(f"{p}: --boxes {boxes} needs a MOT sequence (img1/ + {boxes}/{boxes}.txt)")
+    return FrameFolder(p, fps, start, stop)

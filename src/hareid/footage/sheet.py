@@ -1,0 +1,50 @@
+"""The contact sheet: one row per tracklet, its crops spread over its life, to check tracks by eye.
+
+A row holds the tracklet's id, frame range and crop count, then up to ``per_row`` crops taken at
+evenly spaced times, each scaled into a ``cell`` (height x width) box. A tracklet that holds two
+people, or something that is not a person, shows at a glance.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["contact_sheet"]
+
+
+def contact_sheet(root: str | os.PathLike, meta: dict[str, Any], out: str | os.PathLike,
+                  per_row: int = 12, cell: tuple[int, int] = (96, 40), label_width: int = 150,
+                  max_rows: int = 400) -> Path:
+    """Write the sheet of the tracklets in ``meta`` (crops relative to ``root``) to ``out`` (JPEG/PNG)."""
+    root, out = Path(root), Path(out)
+    rows = meta["tracklets"][:max_rows]
+    ch, cw = cell
+    pad = 4
+    width = label_width + per_row * (cw + pad) + pad
+    height = max(1, len(rows)) * (ch + pad) + pad + (16 if len(meta["tracklets"]) > max_rows else 0)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, t in enumerate(rows):
+        y = pad + r * (ch + pad)
+        crops = t["crops"]
+        pick = np.unique(np.linspace(0, len(crops) - 1, min(per_row, len(crops))).round().astype(int))
+        draw.text((4, y + 4), t["id"], fill=(0, 0, 0))
+        draw.text((4, y + 20), f"frames {t['first_frame']}-{t['last_frame']}", fill=(60, 60, 60))
+        draw.text((4, y + 36), f"{len(crops)} crops, {t['duration']:.1f} s", fill=(60, 60, 60))
+        for k, i in enumerate(pick):
+            with Image.open(root / crops[i]["file"]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((cw, ch))
+                x = label_width + k * (cw + pad) + (cw - im.width) // 2
+                sheet.paste(im, (x, y + (ch - im.height) // 2))
+    if len(meta["tracklets"]) > max_rows:
+        draw.text((4, height - 14), f"... {len(meta['tracklets']) - max_rows} more tracklets not shown",
+                  fill=(160, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, quality=90)
+    return out
