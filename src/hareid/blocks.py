@@ -68,7 +68,7 @@ def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class ConvBlock(nn.Module):
-    """Conv2d (with bias) -> BatchNorm2d -> ReLU.
+    """Conv2d (with bias) -> BatchNorm2d -> ReLU (``act=False``: no ReLU).
 
     Shapes: ``(B, in_c, H, W) -> (B, out_c, H', W')`` with ``H' = (H + 2p - k) // s + 1``.
     Sub-modules are named ``conv`` and ``bn`` so BN folding for export can find the pairs.
@@ -80,21 +80,24 @@ class ConvBlock(nn.Module):
     (an ``nn.Identity``), run conv -> bn -> ReLU as written.
     """
 
-    def __init__(self, in_c: int, out_c: int, k: int = 1, s: int = 1, p: int = 0) -> None:
+    def __init__(self, in_c: int, out_c: int, k: int = 1, s: int = 1, p: int = 0, act: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_c, out_c, k, stride=s, padding=p, bias=True)
         self.bn = nn.BatchNorm2d(out_c)
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.conv, self.bn
         if self.training or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
-            return F.relu(bn(conv(x)), inplace=True)
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
-        weight = conv.weight * scale.view(-1, 1, 1, 1)  # (out_c, in_c, k, k)
-        bias = bn.bias - bn.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        return F.relu(conv._conv_forward(x, weight, bias), inplace=True)
+            y = bn(conv(x))
+        else:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
+            weight = conv.weight * scale.view(-1, 1, 1, 1)  # (out_c, in_c, k, k)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            y = conv._conv_forward(x, weight, bias)
+        return F.relu(y, inplace=True) if self.act else y
 
 
 class AvgPool3x3(nn.Module):

@@ -67,6 +67,7 @@ class ModelConfig:
     feature_dim: int | None = None
     local_branch: bool | None = None
     soft_attn: bool | None = None
+    soft_mask: str | None = None  # relu | sigmoid | temperature | spatial (hareid.attention.SOFT_MASKS)
     hard_attn: bool | None = None
     cross_attn: bool | None = None
     options: dict[str, Any] = field(default_factory=dict)  # other build_model kwargs

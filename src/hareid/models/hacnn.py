@@ -52,7 +52,7 @@ class HACNN(HarmNet):
         num_classes: training identities.
         channels: stage widths (each divisible by 16 for ChannelAttn and by 4 for Inception).
         **options: ``num_regions``, ``feature_dim``, ``local_branch``, ``return_features``,
-            ``soft_attn``, ``hard_attn``, ``cross_attn``, ``region_sampling``, ``channels_last``.
+            ``soft_attn``, ``soft_mask``, ``hard_attn``, ``cross_attn``, ``region_sampling``, ``channels_last``.
     """
 
     def __init__(self, num_classes: int, channels: tuple[int, int, int] = (128, 256, 384), **options) -> None:
@@ -72,7 +72,7 @@ class HACNN(HarmNet):
 
 def hacnn(num_classes: int, **options: Any) -> HACNN:
     """HA-CNN with the paper's widths (128, 256, 384); options as :class:`HarmNet` (``num_regions``,
-    ``feature_dim``, ``local_branch``, ``return_features``, ``soft_attn``, ``hard_attn``,
+    ``feature_dim``, ``local_branch``, ``return_features``, ``soft_attn``, ``soft_mask``, ``hard_attn``,
     ``cross_attn``, ``region_sampling``, ``channels_last``, ``reduction``)."""
     return HACNN(num_classes, **options)
 
