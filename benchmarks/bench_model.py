@@ -122,12 +122,13 @@ def retrieval_set(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor,
     h, w = PEER_SIZE
     try:
         from hareid.data.loader import ImageDataset
-        from hareid.data.synthetic import load_synthetic
+        from hareid.data.synthetic import load_synthetic, write_synthetic
         from hareid.data.transforms import build_transforms
 
         n_ids = 8 if args.quick else 60
-        ds = load_synthetic(args.synthetic_root, num_train_ids=2, num_test_ids=n_ids, images_per_id=8,
-                            num_distractors=0, num_junk=0, height=h, width=w, progress=False)
+        root = write_synthetic(args.synthetic_root, num_train_ids=2, num_test_ids=n_ids, images_per_id=8,
+                               num_distractors=0, num_junk=0, height=h, width=w, progress=False)
+        ds = load_synthetic(root)
         _, eval_tf = build_transforms(h, w)
 
         def stack(records):

@@ -2,7 +2,7 @@
 
 Each ``hareid ...`` command of the README's ``bash`` blocks runs in-process, in README order, in a
 temporary working folder where ``data/market1501`` is the tiny synthetic set in Market-1501 layout
-and ``~/.cache/hareid/synthetic`` points at the tiny set too. :func:`shrink` appends the options
+and ``~/.cache/hareid/synthetic-v1`` points at the tiny set too. :func:`shrink` appends the options
 that make each sub-command tiny; a command whose sub-command it does not know fails the test, so a
 new README command cannot go untested. The ``pip install`` lines are not run.
 """
@@ -22,7 +22,7 @@ from hareid.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-CACHE = "~/.cache/hareid/synthetic"
+CACHE = "~/.cache/hareid/synthetic-v1"
 VENV_PREFIX = "python3 -m venv .venv && . .venv/bin/activate && "
 
 
