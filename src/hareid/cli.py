@@ -127,14 +127,20 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     One row per image: the input, the soft attention of each stage, and each stage's hard
     regions as boxes. Without IMAGES, query images of the checkpoint's own dataset are used.
+    With --compare CKPT ...: the soft attention of all the checkpoints side by side on one fixed
+    colour scale (mask value 0 blue ... 1 red), each titled by its run folder.
     """
     from hareid.api import load_images, load_model
-    from hareid.visualize import plot_attention
+    from hareid.visualize import plot_attention, plot_attention_compare
 
     model, info = load_model(args.checkpoint)
     paths = list(args.images) or _dataset_images(info, args.num_images)
     images = load_images(paths, info["height"], info["width"])
-    out = plot_attention(model, images, Path(args.out))
+    if args.compare:
+        models = {_run_label(c): load_model(c)[0] for c in [args.checkpoint, *args.compare]}
+        out = plot_attention_compare(models, images, Path(args.out))
+    else:
+        out = plot_attention(model, images, Path(args.out))
     print(f"[hareid] attention picture ({len(paths)} images): {out}")
     return 0
 
@@ -300,6 +306,12 @@ def _print_summary(result: dict, run_dir: Path, report: Path | None, num_test_id
         print(f"[hareid] report: {report}")
 
 
+def _run_label(checkpoint: str | Path) -> str:
+    """``RUN/checkpoints/best.pt`` -> ``RUN``'s name; any other file -> its stem."""
+    path = Path(checkpoint)
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
 def _dataset_images(info: dict, n: int) -> list[str]:
     """``n`` query images spread over the checkpoint's own dataset (for ``visualize``)."""
     from hareid.data import build_dataset
@@ -332,6 +344,7 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                         "hareid eval best.pt data/market1501 --protocol market1501_official --json m.json"]),
     "report": (cmd_report, ["hareid report runs/demo"]),
     "visualize": (cmd_visualize, ["hareid visualize runs/demo/checkpoints/best.pt --out attention.png",
+                                  "hareid visualize runs/a/checkpoints/best.pt --compare runs/b/checkpoints/best.pt",
                                   "hareid visualize best.pt a.jpg b.jpg --out attention.png"]),
     "export": (cmd_export, ["hareid export runs/demo/checkpoints/best.pt --format onnx",
                             "hareid export best.pt --format torchscript --out model.ts"]),
@@ -412,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("images", nargs="*", help="image files (default: query images of the run's dataset)")
     sp.add_argument("--num-images", type=int, default=4, help="how many dataset images without IMAGES")
     sp.add_argument("--out", default="attention.png", help="PNG to write")
+    sp.add_argument("--compare", nargs="+", default=None, metavar="CKPT",
+                    help="more checkpoints: draw every model's soft attention side by side")
 
     sp = add("export")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
