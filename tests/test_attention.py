@@ -191,7 +191,7 @@ def test_sampling_known_image_gives_known_crop() -> None:
     torch.testing.assert_close(boxes[0], torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 4.0, 5.0, 8.0]]))
 
 
-@pytest.mark.parametrize("mode", ["direct", "peer"])
+@pytest.mark.parametrize("mode", ["direct", "torchreid"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batched_sampling_equals_per_region_loop(mode: str, channels_last: bool) -> None:
     x = torch.randn(2, 6, 11, 7)
@@ -206,12 +206,12 @@ def test_batched_sampling_equals_per_region_loop(mode: str, channels_last: bool)
         size = [2, 6, 5, 6] if mode == "direct" else list(x.shape)
         grid = F.affine_grid(theta[:, r], size, align_corners=False)
         ref = F.grid_sample(x, grid, align_corners=False)
-        if mode == "peer":
+        if mode == "torchreid":
             ref = F.interpolate(ref, size=(5, 6), mode="bilinear", align_corners=True)
         torch.testing.assert_close(out.view(2, 4, 6, 5, 6)[:, r], ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["direct", "peer"])
+@pytest.mark.parametrize("mode", ["direct", "torchreid"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batched_sampling_gradients_equal_per_region_loop(mode: str, channels_last: bool) -> None:
     """The re-layout (and its gradient-layout helpers) change no gradient value, for x and theta."""
@@ -226,7 +226,7 @@ def test_batched_sampling_gradients_equal_per_region_loop(mode: str, channels_la
     for r in range(4):
         size = [2, 6, 5, 6] if mode == "direct" else list(x.shape)
         ref = F.grid_sample(x, F.affine_grid(theta[:, r], size, align_corners=False), align_corners=False)
-        if mode == "peer":
+        if mode == "torchreid":
             ref = F.interpolate(ref, size=(5, 6), mode="bilinear", align_corners=True)
         refs.append(ref)
     rx, rt = torch.autograd.grad(torch.stack(refs, 1), (x, t), g.view(2, 4, 6, 5, 6))

@@ -32,16 +32,15 @@ def test_overrides_are_coerced_to_field_types() -> None:
         "model.options.region_sampling=direct", "data.options={num_train_ids: 10}", "output_dir=/tmp/x",
     ])
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
-    assert cfg.model.num_regions == 2
+    assert cfg.model.options["num_regions"] == 2 and isinstance(cfg.model.options["num_regions"], int)
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.train.channels_last is False
     assert cfg.optim.milestones == [5, 8] and cfg.optim.betas == [0.8, 0.9]
     assert cfg.train.resume is None and cfg.train.amp == "bf16"
-    assert cfg.model.options == {"region_sampling": "direct"}
+    assert cfg.model.options == {"num_regions": 2, "region_sampling": "direct"}
     assert cfg.data.options == {"num_train_ids": 10}
     assert cfg.output_dir == "/tmp/x"
-    assert cfg.model.build_kwargs()["num_regions"] == 2
-    assert "feature_dim" not in cfg.model.build_kwargs()  # None = the model's own default
+    assert "feature_dim" not in cfg.model.options  # unset = the model's own default
 
 
 @pytest.mark.parametrize(("override", "fragment"), [
@@ -55,6 +54,13 @@ def test_overrides_are_coerced_to_field_types() -> None:
     (["train=3"], "is a section"),
     (["data.batch_size=30"], "multiple of data.num_instances"),
     (["train.epochs=0"], "must be > 0"),
+    (["optim.lr=0"], "optim.lr: must be > 0"),
+    (["optim.gamma=1e12"], "optim.gamma: the decay factor must be in (0, 1]"),
+    (["model.num_region=2"], "did you mean 'model.num_regions'"),
+    (["model.channels=[64,128]"], "model.channels: expected 3 values"),
+    (["model.soft_attn=maybe"], "model.soft_attn: expected bool"),
+    (["model.name=resnet18_harm", "model.channels=[64,128,192]"], "unknown option 'model.channels' for model 'resnet18_harm'"),
+    (["model.name=hacn"], "unknown model 'hacn'"),
 ])
 def test_bad_overrides_give_one_line(override: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -85,3 +91,26 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     again = load_config(path)
     assert again == cfg
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_model_options_come_from_the_registry() -> None:
+    """``model.<option>`` is typed by the model's own signature; the input size defaults to the model's."""
+    cfg = load_config(None, ["model.channels=[64,128,192]", "model.num_regions=2", "model.soft_attn=off"])
+    assert cfg.model.options == {"channels": (64, 128, 192), "num_regions": 2, "soft_attn": False}
+    assert (cfg.data.height, cfg.data.width) == (160, 64)  # hacnn's registry entry
+    res = load_config(None, ["model.name=resnet50_harm"])
+    assert (res.data.height, res.data.width) == (256, 128)
+    again = Config.from_dict(cfg.to_dict())  # YAML-able (tuples become lists) and back
+    assert again.model.options == cfg.model.options
+
+
+def test_old_style_model_section_and_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  name: hacnn\n  num_regions: 2\n  feature_dim: null\n")  # hareid 0.1 layout
+    assert load_config(p).model.options == {"num_regions": 2}
+    for text in ("{}", "", "# nothing\n"):
+        p.write_text(text)
+        with pytest.raises(ConfigError, match="the config is empty"):
+            load_config(p)
+    p.write_text("\ufefftrain:\n  epochs: 2\n")  # a byte-order mark, as some editors write
+    assert load_config(p).train.epochs == 2

@@ -78,7 +78,7 @@ def test_flip_is_mean_of_image_and_mirror():
 def test_autocast_bf16_close_to_fp32():
     data, model = Images(8, 3, 2, seed=3), _model()
     a = extract_features(model, DataLoader(data, batch_size=8), progress=False)
-    b = extract_features(model, DataLoader(data, batch_size=8), autocast_dtype=torch.bfloat16,
+    b = extract_features(model, DataLoader(data, batch_size=8), dtype=torch.bfloat16,
                          progress=False)
     assert b.features.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(a.features, b.features).min() > 0.98

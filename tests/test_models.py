@@ -38,6 +38,25 @@ def test_unknown_model_and_option_raise() -> None:
         build_model("hacnn", num_classes=3, region_sampling="bicubic")
 
 
+def test_every_builder_option_is_reachable() -> None:
+    """The registry lists each model's options from its builder's signature, and build_model
+    accepts every one of them (passing the default explicitly builds the same network)."""
+    from hareid.models import model_entry
+
+    for name in MODELS:
+        entry = model_entry(name)
+        assert {"num_regions", "soft_attn", "hard_attn", "region_sampling"} <= set(entry.options)
+        ref = {k: tuple(v.shape) for k, v in build_model(name, num_classes=3).state_dict().items()}
+        for opt, default in entry.options.items():
+            got = build_model(name, num_classes=3, **{opt: default}).state_dict()
+            assert {k: tuple(v.shape) for k, v in got.items()} == ref, (name, opt)
+    assert model_entry("hacnn").options["channels"] == (128, 256, 384)
+    narrow = build_model("hacnn", num_classes=3, channels=(64, 128, 192))
+    assert narrow.fc_global[0].in_features == 192
+    assert "arch" not in model_entry("resnet18_harm").options  # fixed by the entry, not an option
+    assert model_entry("hacnn").input_size == (160, 64) and model_entry("resnet50_harm").input_size == (256, 128)
+
+
 # ----------------------------------------------------------------------------- property suite
 @pytest.mark.parametrize("size", SIZES)
 def test_train_forward_backward_reaches_hard_attention(model: HarmNet, size: tuple[int, int]) -> None:
@@ -142,7 +161,7 @@ def test_hacnn_region_sizes_and_size_rule() -> None:
         {"hard_attn": False},
         {"cross_attn": False},
         {"local_branch": False},
-        {"region_sampling": "peer"},
+        {"region_sampling": "torchreid"},
         {"num_regions": 3, "feature_dim": 64},
         {"channels_last": False},
         {"soft_mask": "sigmoid"},

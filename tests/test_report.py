@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,24 +120,28 @@ def test_write_report_explicit_inputs_and_empty_run(tmp_path: Path) -> None:
 
 def test_write_report_from_checkpoint(tmp_path: Path, monkeypatch) -> None:
     """The run-folder path: model rebuilt from best.pt; an unreadable dataset is reported."""
+    import hareid.api
     from hareid.checkpoint import save_checkpoint
 
-    built = []
+    loaded = []
 
-    def build_model(name: str, **kw: object) -> TinyAttnModel:
-        built.append((name, kw))
-        return TinyAttnModel()
+    def load_model(path: object) -> tuple[TinyAttnModel, dict]:  # the checkpoint is read as the API reads it
+        ckpt = hareid.checkpoint.load_checkpoint(path)
+        loaded.append(ckpt["model"])
+        return TinyAttnModel(), {"config": ckpt["config"], "height": 32, "width": 16,
+                                 "mean": (0.5,) * 3, "std": (0.25,) * 3}
 
-    monkeypatch.setitem(sys.modules, "hareid.models", SimpleNamespace(build_model=build_model))
+    monkeypatch.setattr(hareid.api, "load_model", load_model)
     run = make_run(tmp_path)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     save_checkpoint({"state_dict": TinyAttnModel().state_dict(), "config": cfg,
                      "model": {"name": "tiny", "num_classes": 5}}, run / "checkpoints" / "best.pt")
     page = write_report(run).read_text()
-    assert built == [("tiny", {"num_classes": 5})]
+    assert loaded == [{"name": "tiny", "num_classes": 5}]
     missing = page[page.index('id="missing"'):page.index("</section>", page.index('id="missing"'))]
     assert "(dataset)" in missing and "no checkpoint" not in missing
     # a corrupt checkpoint is reported, not raised
+    monkeypatch.undo()
     (run / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
     page = write_report(run).read_text()
     assert "(model)" in page and ">87.34</td>" in page

@@ -192,10 +192,7 @@ def test_v2_deterministic_and_cache_keyed_by_version(tiny2, tiny, tmp_path):
         write_synthetic(tmp_path / "x", version=3, **TINY)
 
 
-def test_reading_never_writes(tiny, tmp_path):
-    with pytest.raises(DataError, match="hareid synthetic"):
-        build_dataset("synthetic", tmp_path / "nothing", verbose=False)
-    assert not (tmp_path / "nothing").exists()
+def test_reading_checks_the_version(tiny):
     with pytest.raises(DataError, match="holds synthetic version 1, not the 2"):
         build_dataset("synthetic", tiny, version=2, verbose=False)
     assert build_dataset("synthetic", tiny, version=1, verbose=False).name == "synthetic"
@@ -227,3 +224,21 @@ def test_v2_mask_covers_exactly_what_was_drawn():
         assert (diff[m] > 0).mean() > 0.95, "mask pixels where nothing was drawn"
         checked += 1
     assert checked >= 10
+
+
+def test_reading_never_writes(tmp_path):
+    """Only `write_synthetic` generates data: reading a missing or half-written set is an error
+    that names the folder and the command that writes it, and leaves the folder as it was."""
+    from hareid.data import build_dataset
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="hareid synthetic"):
+        build_dataset("synthetic", missing, verbose=False)
+    assert not missing.exists()
+    half = tmp_path / "half"
+    write_synthetic(half, **TINY)
+    (half / ".complete").unlink()  # as if the writer had been killed
+    before = sorted(p.name for p in half.rglob("*"))
+    with pytest.raises(DataError, match="no complete synthetic set"):
+        build_dataset("synthetic", half, verbose=False)
+    assert sorted(p.name for p in half.rglob("*")) == before

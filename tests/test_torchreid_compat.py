@@ -42,7 +42,7 @@ def test_embeddings_equal_torchreid(peer_model, tmp_path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - a bare weights_only load refuses the numpy scalar
         torch.load(path, weights_only=True)
     model = load_torchreid_hacnn(path)
-    assert not model.training and model.region_sampling == "peer"
+    assert not model.training and model.region_sampling == "torchreid"
     x = torch.randn(4, 3, 160, 64)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,4 +83,4 @@ def test_key_map_is_total(peer_model) -> None:
 
     mapped = map_torchreid_keys(peer_model.state_dict())
     assert len(mapped) == len(peer_model.state_dict())
-    assert set(mapped) == set(HACNN(11, region_sampling="peer").state_dict())
+    assert set(mapped) == set(HACNN(11, region_sampling="torchreid").state_dict())

@@ -8,6 +8,9 @@ emb = embed(model, ["a.jpg", "b.jpg"], info)                  # (2, 1024) float3
 index = build_index_from_images(model, gallery_paths, info)  # FAISS, exact inner product (cosine)
 hits = index.search(emb, k=5)                                # per query: paths, scores, pids, camids
 ```
+
+For trackers and services, :class:`hareid.Embedder` (crops or frame + boxes in, unit rows out) is
+the simpler entry point; :func:`embed` here is the same forward with the evaluation's raw features.
 """
 
 from __future__ import annotations
@@ -47,21 +50,18 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
     foreign file.
     """
     from hareid.checkpoint import load_checkpoint, strip_prefix
-    from hareid.models import build_model
+    from hareid.models import build_model, model_entry
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
-    info: dict[str, Any] = {
-        "height": int(data_cfg.get("height", 160)),
-        "width": int(data_cfg.get("width", 64)),
-        "config": config,
-        "path": str(path),
-    }
+    info: dict[str, Any] = {"config": config, "path": str(path)}
     spec = ckpt.get("model")
     if isinstance(spec, dict) and "name" in spec:
         kwargs = dict(spec)
+        kwargs["region_sampling"] = {"peer": "torchreid"}.get(kwargs.get("region_sampling"),
+                                                               kwargs.get("region_sampling", "direct"))
         try:
             model = build_model(kwargs.pop("name"), **kwargs)
         except (TypeError, ValueError, KeyError) as e:
@@ -71,12 +71,7 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
         state = ckpt.get("state_dict")
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: no 'state_dict' entry; not a hareid checkpoint")
-        missing, unexpected = model.load_state_dict(strip_prefix(state), strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not fit model {spec['name']!r} (missing {list(missing)[:3]}, "
-                f"unexpected {list(unexpected)[:3]}); was it saved by another hareid version?"
-            )
+        _load_exact(model, strip_prefix(state), path, spec["name"])
         info["model"] = spec
     else:
         from hareid.torchreid_compat import load_torchreid_hacnn
@@ -87,22 +82,43 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
             raise CheckpointError(f"{path}: neither a hareid checkpoint (no 'model' entry) nor a "
                                   f"torchreid HACNN checkpoint ({e})") from e
         info["model"] = {"name": "hacnn", "source": "torchreid"}
+    entry = model_entry(info["model"]["name"])
+    info.update(height=int(data_cfg.get("height") or entry.input_size[0]),
+                width=int(data_cfg.get("width") or entry.input_size[1]), mean=entry.mean, std=entry.std)
     if device is not None:
         model = model.to(device)
     return model.eval(), info
 
 
-def _eval_transform(height: int, width: int):
+def _load_exact(model: nn.Module, state: dict, path: Path, name: str) -> None:
+    """``load_state_dict(strict)`` with a one-line error naming the first clashing tensors."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in state
+              if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {items[:3]}" for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                             ("shape mismatch", shapes)) if items]
+        raise CheckpointError(f"{path}: weights do not fit model {name!r} ({'; '.join(parts)}); "
+                              "pass a checkpoint of this model, or start from it with model.init=PATH")
+    model.load_state_dict(state)
+
+
+def _eval_transform(info: dict):
     from hareid.data.transforms import build_transforms
 
-    return build_transforms(height, width)[1]
+    kw = {k: info[k] for k in ("mean", "std") if info.get(k) is not None}
+    return build_transforms(info["height"], info["width"], **kw)[1]
 
 
-def load_images(paths: Sequence[PathLike], height: int, width: int) -> torch.Tensor:
-    """Decode, resize and ImageNet-normalise image files into a ``(N, 3, height, width)`` batch."""
+def load_images(paths: Sequence[PathLike], height: int, width: int, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> torch.Tensor:
+    """Decode, resize and normalise image files into a ``(N, 3, height, width)`` batch (the
+    evaluation transform; ImageNet mean/std unless given)."""
     from hareid.data.loader import read_image
 
-    tf = _eval_transform(height, width)
+    tf = _eval_transform({"height": height, "width": width, "mean": mean, "std": std})
     out = []
     for p in paths:
         if not Path(p).is_file():
@@ -122,7 +138,6 @@ def list_images(folder: PathLike) -> list[str]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
-@torch.inference_mode()
 def embed(
     model: nn.Module,
     images: torch.Tensor | Sequence[PathLike],
@@ -130,30 +145,23 @@ def embed(
     batch_size: int = 64,
     flip: bool = False,
 ) -> torch.Tensor:
-    """Embeddings ``(N, D)`` float32 on the CPU.
+    """The evaluation's embeddings ``(N, D)`` float32 on the CPU (global and local parts each of unit
+    length), through the same forward as :class:`hareid.Embedder` and ``hareid eval``.
 
     ``images``: a normalised batch tensor ``(N, 3, H, W)`` (as :func:`load_images` returns) or a
-    list of image files, resized to ``info["height"] x info["width"]`` (default 160x64).
+    list of image files, resized to the model's input size (``info`` of :func:`load_model`).
     ``flip``: average with the horizontally mirrored image (flip test-time augmentation).
     """
-    info = info or {"height": 160, "width": 64}
-    if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
-        raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(images.shape)}")
+    from hareid.embedder import Embedder
+
     if isinstance(images, (str, os.PathLike)):
         images = [images]
-    model.eval()
-    device = next(model.parameters()).device
-    feats = []
-    n = len(images)
-    for i in range(0, n, batch_size):
-        chunk = images[i : i + batch_size]
-        x = chunk if isinstance(chunk, torch.Tensor) else load_images(chunk, info["height"], info["width"])
-        x = x.to(device)  # (b, 3, H, W)
-        f = model(x).float()
-        if flip:
-            f = (f + model(torch.flip(x, dims=[3])).float()) / 2
-        feats.append(f.cpu())
-    return torch.cat(feats) if feats else torch.zeros(0, getattr(model, "embed_dim", 0))
+    if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
+        raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(images.shape)}")
+    emb = Embedder(model, info=info, batch_size=batch_size, flip=flip,
+                   input_size=None if info else tuple(images.shape[2:]) if isinstance(images, torch.Tensor) else None)
+    batch = images if isinstance(images, torch.Tensor) else emb.preprocess(list(images))
+    return emb.embed_tensor(batch, normalize=False)
 
 
 def _dataset(root: PathLike, name: str | None):
@@ -178,20 +186,22 @@ def evaluate_checkpoint(
     protocol: str = "market1501",
     batch_size: int = 64,
     workers: int = 2,
+    skip_bad_images: bool = False,
+    amp: str = "none",
 ):
-    """Evaluate a checkpoint on a dataset's query/gallery split; returns an ``EvalResult``."""
-    from torch.utils.data import DataLoader
+    """Evaluate a checkpoint on a dataset's query/gallery split; returns an ``EvalResult``.
 
-    from hareid.data.loader import ImageDataset
+    ``amp``: embedding precision as ``eval.amp`` (``none``, ``bf16``, ``fp16``, ``auto``)."""
+    from hareid.data.loader import build_eval_loaders
+    from hareid.engine.runtime import resolve_amp
     from hareid.evaluate import evaluate
+    from hareid.evaluate.features import model_device
 
-    model, info = load_model(checkpoint)
-    ds = _dataset(root, dataset)
-    tf = _eval_transform(info["height"], info["width"])
-    q_loader, g_loader = (DataLoader(ImageDataset(recs, tf), batch_size=batch_size, num_workers=workers)
-                          for recs in (ds.query, ds.gallery))
-    return evaluate(model, q_loader, g_loader, metric=metric, flip=flip, rerank=rerank,
-                    protocol=protocol)
+    model, info = load_model(checkpoint, device="cuda" if torch.cuda.is_available() else None)
+    loaders = build_eval_loaders(_dataset(root, dataset), info["height"], info["width"], batch_size, workers,
+                                 skip_bad_images, info["mean"], info["std"])
+    return evaluate(model, *loaders, metric=metric, flip=flip, rerank=rerank, protocol=protocol,
+                    dtype=resolve_amp(amp, model_device(model), "--amp"))
 
 
 def build_index_from_images(model: nn.Module, paths: Sequence[PathLike], info: dict,

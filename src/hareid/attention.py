@@ -43,6 +43,7 @@ from torch import nn
 from hareid.blocks import ConvBlock, channels_last_grad, grad_layout
 
 __all__ = [
+    "REGION_SAMPLING_MODES",
     "SOFT_MASKS",
     "ChannelAttn",
     "HardAttn",
@@ -55,6 +56,10 @@ __all__ = [
     "translations_to_boxes",
     "translations_to_theta",
 ]
+
+
+#: How :func:`sample_regions` cuts regions out: at their target size, or as torchreid's HACNN does.
+REGION_SAMPLING_MODES = ("direct", "torchreid")
 
 
 class SpatialAttn(nn.Module):
@@ -259,7 +264,7 @@ def sample_regions(
         theta: ``(B, T, 2, 3)`` affine matrices (see :func:`translations_to_theta`).
         out_hw: ``(h, w)`` size of each sampled region.
         mode: ``"direct"`` samples each region once at ``(h, w)`` (bilinear, zero padding,
-            ``align_corners=False``). ``"peer"`` reproduces torchreid's HACNN: sample at the full
+            ``align_corners=False``). ``"torchreid"`` reproduces torchreid's HACNN: sample at the full
             source size ``(H, W)``, then resize bilinearly (``align_corners=True``) to ``(h, w)``.
 
     Returns:
@@ -271,8 +276,8 @@ def sample_regions(
     The grid is float32 (from float32 ``theta``); a bfloat16 ``x`` is sampled in float32, exactly
     what autocast does for ``grid_sample``.
     """
-    if mode not in ("direct", "peer"):
-        raise ValueError(f"sample_regions: mode must be 'direct' or 'peer', got {mode!r}")
+    if mode not in REGION_SAMPLING_MODES:
+        raise ValueError(f"sample_regions: mode must be one of {REGION_SAMPLING_MODES}, got {mode!r}")
     b, c, src_h, src_w = x.shape
     t = theta.shape[1]
     h, w = out_hw
@@ -281,7 +286,7 @@ def sample_regions(
     src = channels_last_grad(x if x.dtype == grid.dtype else x.to(grid.dtype))  # grid_sample's grad is NCHW
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C, T*gh, gw)
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
-    if mode == "peer":
+    if mode == "torchreid":
         out = out.view(b, c, t, gh, gw).transpose(1, 2).reshape(b * t, c, gh, gw)  # (B*T, C, H, W)
         out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=True)  # (B*T, C, h, w)
         fmt = torch.channels_last if channels_last else torch.contiguous_format

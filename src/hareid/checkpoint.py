@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from hareid.errors import CheckpointError
+from hareid.fileio import atomic_path
 
 __all__ = ["load_checkpoint", "load_state_dict", "save_checkpoint", "strip_prefix"]
 
@@ -36,27 +36,91 @@ def _numpy_safe_globals() -> list[Any]:
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename); returns the path.
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        writer = lambda f: f.write(save(tensors))  # noqa: E731
-    else:
-        writer = lambda f: torch.save(dict(state), f)  # noqa: E731
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ``.safetensors``: the tensors of ``state["state_dict"]`` (or of ``state`` itself when it is a
+    bare state_dict) with the other JSON-able entries (``model``, ``config``, ``epoch``, ...) in the
+    file's metadata, so :func:`load_checkpoint` (and ``hareid.api.load_model``) can rebuild the model.
+    A write that fails (a full disk, a file-size limit) raises :class:`CheckpointError` naming the
+    file; the previous checkpoint at ``path`` is left as it was.
+    """
+    path = Path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            if path.suffix == ".safetensors":
+                _save_safetensors(state, tmp)
+            else:
+                torch.save(dict(state), tmp)
+    except (OSError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); free disk space or "
+                              "choose another output folder (the previous file is unchanged)") from e
     return path
+
+
+def _save_safetensors(state: Mapping[str, Any], out: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = state.get("state_dict", state)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    meta = {k: v for k, v in state.items() if k in _SAFETENSORS_META}
+    save_file(tensors, str(out), metadata={"hareid": json.dumps(meta)} if meta else None)
+
+
+#: Entries of a training checkpoint kept in a ``.safetensors`` file's metadata (JSON).
+_SAFETENSORS_META = ("model", "config", "epoch", "iteration", "metrics", "init")
+
+
+def _load_safetensors(path: Path, map_location: str | torch.device) -> dict:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+    except ImportError as e:  # pragma: no cover - core dependency
+        raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from e
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        out = {"state_dict": load_file(str(path), device=str(map_location))}
+        if "hareid" in meta:
+            out.update(json.loads(meta["hareid"]))
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({reason}); re-export it or "
+                              "pass another checkpoint") from e
+    return out
+
+
+_SAFE_MODULES = ("torch", "collections", "numpy", "_codecs", "builtins")
+
+
+def _unsafe_global(path: Path) -> str | None:
+    """The first ``module.name`` a pickle (raw, or torch's zip format) would import that a
+    weights-only load refuses, read from its opcodes with :mod:`pickletools` (nothing is executed)."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found = f"{strings[-2]}.{strings[-1]}"
+            else:
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if found.split(".")[0] not in _SAFE_MODULES:
+                return found
+    except Exception:  # not a pickle we can read: the caller's generic message applies
+        return None
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -65,21 +129,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the path of a .pt/.pth/.safetensors file")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover - optional dependency
-            raise CheckpointError(f"{path}: reading .safetensors needs `pip install safetensors`") from e
-        return {"state_dict": load_file(str(path), device=str(map_location))}
+        return _load_safetensors(path, map_location)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        text = str(e)
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        unsafe = _unsafe_global(path)
         if unsafe:
             raise CheckpointError(
-                f"{path}: cannot be loaded safely (weights_only): it pickles {unsafe.group(1)}; "
-                "re-save it as a plain state_dict or .safetensors"
+                f"{path}: cannot be loaded safely (weights_only): it pickles {unsafe}, which could "
+                "run code; re-save it as a plain state_dict or .safetensors"
             ) from e
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated, another format, or objects a "

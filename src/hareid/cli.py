@@ -34,16 +34,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     Writes (or reuses) the synthetic pedestrian benchmark (a complete synthetic tree given with
     --data-root is used as it is, e.g. one written by `hareid synthetic`), trains the short
-    ``hacnn_synthetic`` recipe, evaluates it and writes RUN/report/index.html. Prints Rank-1 and mAP next to the
-    chance level (1 / number of test identities). The synthetic version is the recipe's
-    ``data.options.version`` (e.g. ``data.options.version=2``), else hareid's default.
+    ``hacnn_synthetic`` recipe, evaluates it and writes RUN/report/index.html. Prints Rank-1 and mAP
+    next to the chance level (1 / number of test identities). Run again, it resumes an interrupted
+    demo (or just rewrites the report of a finished one); --overwrite starts afresh. The synthetic
+    version is the recipe's ``data.options.version`` (e.g. ``data.options.version=2``), else
+    hareid's default.
     """
     from hareid.config import load_config
     from hareid.data.synthetic import DEFAULT_VERSION, _is_complete, default_root, write_synthetic
     from hareid.engine import Trainer
     from hareid.report import write_report
 
-    overrides = ["data.name=synthetic", f"output_dir={args.output}", f"train.seed={args.seed}", *args.overrides]
+    overrides = ["data.name=synthetic", f"output_dir={args.output}", f"train.seed={args.seed}", "train.resume=auto",
+                 *args.overrides]
     cfg = load_config(args.config, overrides)
     version = int(cfg.data.options.get("version", DEFAULT_VERSION))
     data_root = Path(args.data_root) if args.data_root else default_root(version, args.seed, DEFAULT_CACHE)
@@ -53,8 +56,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[hareid] synthetic benchmark v{version} -> {data_root}")
         write_synthetic(data_root, seed=args.seed, version=version)
     cfg.data.root = str(data_root)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=args.overwrite)
     result = trainer.fit()
+    if result["interrupted"]:
+        return _interrupted(Path(cfg.output_dir), "hareid demo")
     run_dir = Path(cfg.output_dir)
     report = write_report(run_dir, eval_result=trainer.last_result)
     _print_summary(result, run_dir, report, _num_test_ids(trainer.dataset))
@@ -66,17 +71,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The run folder (output_dir) receives config.yaml (the resolved config), metrics.jsonl,
     checkpoints/last.pt and best.pt, and eval.json. Shipped recipes: hacnn_synthetic,
-    hacnn_market1501, hacnn_dukemtmc, hacnn_cuhk03, hacnn_msmt17. Resume with train.resume=auto.
+    hacnn_finetune, hacnn_market1501, hacnn_dukemtmc, hacnn_cuhk03, hacnn_msmt17. A folder that
+    holds another run is refused: resume it with train.resume=auto, or pass --overwrite. Start from
+    existing weights with model.init=PATH (a hareid or torchreid checkpoint, a torchvision .pth).
     """
     from hareid.config import load_config
     from hareid.engine import Trainer
 
-    cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg)
+    overrides = [*args.overrides, *(["data.skip_bad_images=true"] if args.skip_bad_images else [])]
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg, overwrite=args.overwrite)
     result = trainer.fit()
     run_dir = Path(cfg.output_dir)
-    _print_summary(result, run_dir, None, _num_test_ids(trainer.dataset))
-    print(f"[hareid] next: hareid report {run_dir}")
+    if result["interrupted"]:
+        return _interrupted(run_dir, f"hareid train --config {args.config} ... train.resume=auto")
+    if result.get("rank", 0) == 0:
+        _print_summary(result, run_dir, None, _num_test_ids(trainer.dataset))
+        print(f"[hareid] next: hareid report {run_dir}")
     return 0
 
 
@@ -88,17 +99,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset layout is detected from ROOT unless --dataset is given.
     """
     from hareid.api import evaluate_checkpoint
+    from hareid.fileio import atomic_write_text
 
     result = evaluate_checkpoint(
         args.checkpoint, args.root, dataset=args.dataset, flip=args.flip, rerank=args.rerank,
         metric=args.metric, protocol=args.protocol, batch_size=args.batch_size,
-        workers=args.workers,
+        workers=args.workers, skip_bad_images=args.skip_bad_images, amp=args.amp,
     )
     print(result.table())
     out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "root": str(args.root),
-                               "protocol": args.protocol, **result.to_dict()}, indent=2))
+    atomic_write_text(out, json.dumps({"checkpoint": str(args.checkpoint), "root": str(args.root),
+                                       "protocol": args.protocol, **result.to_dict()}, indent=2))
     print(f"[hareid] metrics written to {out}")
     return 0
 
@@ -135,7 +146,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     model, info = load_model(args.checkpoint)
     paths = list(args.images) or _dataset_images(info, args.num_images)
-    images = load_images(paths, info["height"], info["width"])
+    images = load_images(paths, info["height"], info["width"], info["mean"], info["std"])
     if args.compare:
         models = {_run_label(c): load_model(c)[0] for c in [args.checkpoint, *args.compare]}
         out = plot_attention_compare(models, images, Path(args.out))
@@ -152,13 +163,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     maximum absolute difference of the embeddings is printed (the export fails above 1e-4).
     """
     from hareid.api import load_model
-    from hareid.export import export_model
+    from hareid.export import export_metadata, export_model
 
     model, info = load_model(args.checkpoint)
-    h, w = args.height or info["height"], args.width or info["width"]
+    h = args.height if args.height is not None else info["height"]
+    w = args.width if args.width is not None else info["width"]
     suffix = ".onnx" if args.format == "onnx" else ".ts"
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
-    report = export_model(model, out, fmt=args.format, height=h, width=w, opset=args.opset)
+    meta = export_metadata(model, h, w, info["model"].get("name"))
+    report = export_model(model, out, fmt=args.format, height=h, width=w, opset=args.opset, metadata=meta)
     print(f"[hareid] exported {args.format} -> {out} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
     print(f"[hareid] max |export - eager| = {report['max_abs_diff']:.2e}")
     return 0
@@ -291,6 +304,35 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- #
 # helpers
 # ---------------------------------------------------------------------------------------------- #
+def _interrupted(run_dir: Path, again: str) -> int:
+    """A run stopped by Ctrl-C / SIGTERM after saving its checkpoint: say how to resume; exit 130."""
+    print(f"[hareid] interrupted; checkpoint saved in {run_dir / 'checkpoints'}; resume with: {again}",
+          file=sys.stderr)
+    return 130
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _num_test_ids(dataset: Any) -> int | None:
     query = getattr(dataset, "query", None)
     return len({r.pid for r in query}) if query else None
@@ -393,11 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "$HAREID_HOME moves it)")
     sp.add_argument("--config", default="hacnn_synthetic", help="recipe name or YAML file")
     sp.add_argument("--seed", type=int, default=0, help="data and training seed")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="start afresh in --output instead of resuming (old files kept until the first checkpoint)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
     sp = add("train", _OVERRIDES)
     sp.add_argument("--config", required=True,
                     help="YAML file or shipped recipe name (e.g. hacnn_market1501)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="start a new run in an output_dir that holds another run (kept until the first checkpoint)")
+    sp.add_argument("--skip-bad-images", action="store_true",
+                    help="skip unreadable images (train: replaced by another of the identity; eval: dropped)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
     sp = add("eval")
@@ -410,15 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["market1501", "market1501_official", "cuhk03"], help="evaluation rules")
     sp.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    sp.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    sp.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
+    sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes")
+    sp.add_argument("--amp", default="none", choices=["none", "bf16", "fp16", "auto"],
+                    help="embedding precision (auto: bf16 on CPUs with native bf16, fp16 on CUDA)")
+    sp.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images (listed as warnings)")
     sp.add_argument("--json", default=None,
                     help="where to write the metrics JSON (default: CHECKPOINT with .eval.json)")
 
     sp = add("report")
     sp.add_argument("run_dir", help="a run folder written by `hareid train` or `hareid demo`")
     sp.add_argument("--out", default=None, help="report folder (default: RUN/report)")
-    sp.add_argument("--num-images", type=int, default=8, help="images in the attention gallery")
+    sp.add_argument("--num-images", type=_non_negative, default=8, help="images in the attention gallery")
 
     sp = add("visualize")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
@@ -432,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
     sp.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="export format")
     sp.add_argument("--out", default=None, help="output file (default: CHECKPOINT with .onnx / .ts)")
-    sp.add_argument("--height", type=int, default=None, help="input height (default: the training size)")
-    sp.add_argument("--width", type=int, default=None, help="input width (default: the training size)")
+    sp.add_argument("--height", type=_positive, default=None, help="input height (default: the training size)")
+    sp.add_argument("--width", type=_positive, default=None, help="input width (default: the training size)")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
 
     sp = add("index")
@@ -448,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="the checkpoint the index was built with")
     sp.add_argument("index", help="index folder written by `hareid index`")
     sp.add_argument("images", nargs="+", help="query image files")
-    sp.add_argument("-k", type=int, default=10, help="matches per query")
+    sp.add_argument("-k", type=_positive, default=10, help="matches per query")
 
     sp = add("datasets")
     sp.add_argument("root", help="dataset folder (or a CSV manifest)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ class DataConfig:
 
     name: str = "synthetic"
     root: str = "data/synthetic"
-    height: int = 160
-    width: int = 64
+    height: int | None = None  # None: the model's own input size (its registry entry)
+    width: int | None = None
     batch_size: int = 32  # global batch: split evenly over DDP processes
     num_instances: int = 4  # K images per identity in a P x K batch
     workers: int = 2
@@ -60,27 +61,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Registered model name and its build options; ``None`` leaves the model's own default."""
+    """A registered model, where its weights start, and its options.
+
+    The accepted options, their types and defaults come from the model's registry entry
+    (:func:`hareid.models.model_entry`), so they are written once, in the model's signature.
+    ``model.<option>=value`` on the command line and ``model: {<option>: value}`` in YAML are
+    shorthands for ``model.options.<option>``; an option left out keeps the model's default.
+    """
 
     name: str = "hacnn"
-    num_regions: int | None = None
-    feature_dim: int | None = None
-    local_branch: bool | None = None
-    soft_attn: bool | None = None
-    soft_mask: str | None = None  # relu | sigmoid | temperature | spatial (hareid.attention.SOFT_MASKS)
-    hard_attn: bool | None = None
-    cross_attn: bool | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # other build_model kwargs
-
-    def build_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``build_model(name, num_classes=..., **kwargs)``."""
-        kw = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("name", "options") and getattr(self, f.name) is not None
-        }
-        kw.update(self.options)
-        return kw
+    init: str | None = None  # start from these weights: a hareid or torchreid checkpoint, a torchvision .pth
+    options: dict[str, Any] = field(default_factory=dict)  # build_model keyword arguments
 
 
 @dataclass
@@ -138,10 +129,11 @@ class EvalConfig:
     """Evaluation protocol options."""
 
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    protocol: Literal["market1501", "market1501_official", "cuhk03"] = "market1501"
     flip: bool = False
     rerank: bool = False
     max_rank: int = 50
-    amp: bool = False  # embed under train.amp's autocast (faster on CPU; bf16 features ~1e-3 off)
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"  # embedding precision, as train.amp (bf16 ~1e-3 off)
 
 
 @dataclass
@@ -157,8 +149,8 @@ class Config:
     output_dir: str = "runs/hacnn"
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML/JSON-able dict (deep copy)."""
-        return dataclasses.asdict(self)
+        """A plain, YAML/JSON-able dict (deep copy; tuples become lists)."""
+        return dataclasses.asdict(self, dict_factory=lambda kv: {k: _plain(v) for k, v in kv})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
@@ -170,6 +162,14 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------- types
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -185,6 +185,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
         return f"list[{_type_name(inner)}]"
+    if origin is tuple:
+        return f"tuple[{', '.join(_type_name(a) for a in get_args(tp))}]"
     if origin is dict:
         return "mapping"
     if tp is type(None):
@@ -279,6 +281,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise bad()
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # e.g. HACNN's channels: tuple[int, int, int]
+        args = get_args(tp)
+        if isinstance(value, str):
+            value = _yaml_value(value if value.strip().startswith("[") else f"[{value}]", key)
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
     if origin is dict:
         if isinstance(value, str):
             value = _yaml_value(value, key)
@@ -322,6 +335,10 @@ def _merge(obj: Any, data: Any, prefix: str, source: str) -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
         key = str(key)
+        if isinstance(obj, ModelConfig) and key not in names:  # shorthand for model.options.<key>
+            if value is not None:  # null = the model's default (configs of hareid 0.1 list them)
+                obj.options[key] = value
+            continue
         if key not in names:
             raise _unknown(key, names, prefix, source)
         current = getattr(obj, key)
@@ -337,6 +354,9 @@ def _set_dotted(cfg: Config, dotted: str, raw: str, source: str) -> None:
     prefix = ""
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(obj)]
+        if isinstance(obj, ModelConfig) and part not in names:  # model.num_regions=2 -> an option
+            obj.options[".".join(parts[i:])] = _yaml_value(raw, dotted)
+            return
         if part not in names:
             raise _unknown(part, names, prefix, source)
         current = getattr(obj, part)
@@ -358,8 +378,34 @@ def _set_dotted(cfg: Config, dotted: str, raw: str, source: str) -> None:
         setattr(obj, part, _coerce(raw, tp, dotted))
 
 
+def _check_model(cfg: Config) -> None:
+    """Check ``model.options`` against the model's registry entry (names, types) and fill the
+    input size the model was designed for where ``data.height`` / ``data.width`` are unset."""
+    from hareid.models import model_entry
+
+    m = cfg.model
+    try:
+        entry = model_entry(m.name)
+    except ValueError as e:
+        raise ConfigError(f"model.name: {e}") from None
+    options = {}
+    for key, value in m.options.items():
+        if key not in entry.options:
+            valid = [f"model.{o}" for o in entry.options]
+            close = difflib.get_close_matches(f"model.{key}", valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"options: {', '.join(valid)}"
+            raise ConfigError(f"unknown option 'model.{key}' for model {m.name!r}; {hint}")
+        options[key] = _coerce(value, entry.types.get(key, Any), f"model.{key}")
+    m.options = options
+    if cfg.data.height is None:
+        cfg.data.height = entry.input_size[0]
+    if cfg.data.width is None:
+        cfg.data.width = entry.input_size[1]
+
+
 def _check(cfg: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
+    _check_model(cfg)
     d, o, t, lo = cfg.data, cfg.optim, cfg.train, cfg.loss
     positive = {
         "data.height": d.height, "data.width": d.width, "data.batch_size": d.batch_size,
@@ -369,8 +415,12 @@ def _check(cfg: Config) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
+    if not o.lr > 0 or not math.isfinite(o.lr):
+        raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
+    if not 0.0 < o.gamma <= 1.0:
+        raise ConfigError(f"optim.gamma: the decay factor must be in (0, 1], got {o.gamma}")
     nonneg = {"data.workers": d.workers, "train.eval_every": t.eval_every,
-              "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip, "optim.lr": o.lr,
+              "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip,
               "optim.weight_decay": o.weight_decay, "loss.ce_weight": lo.ce_weight,
               "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin}
     for key, v in nonneg.items():
@@ -428,10 +478,15 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | t
     if path_or_name is not None:
         path = _resolve(str(path_or_name))
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
         except yaml.YAMLError as e:
             first = str(e).strip().splitlines()[0]
             raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; pass a YAML config or a recipe name") from None
+        if not data:
+            raise ConfigError(f"{path}: the config is empty; start from a recipe (e.g. --config "
+                              "hacnn_synthetic) and override keys, or write its data and model sections")
         _merge(cfg, data, prefix="", source=str(path))
     for item in overrides:
         if "=" not in item:
@@ -444,7 +499,6 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | t
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write ``cfg`` as YAML (keys in dataclass order); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
-    return path
+    from hareid.fileio import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))

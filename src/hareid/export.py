@@ -25,11 +25,10 @@ import copy
 import importlib
 import io
 import itertools
+import json
 import os
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,8 +38,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from hareid.errors import HareidError
+from hareid.fileio import atomic_path
 
 __all__ = [
+    "METADATA_KEY",
+    "export_metadata",
     "export_model",
     "export_onnx",
     "export_torchscript",
@@ -49,6 +51,9 @@ __all__ = [
 ]
 
 ATOL = 1e-4
+#: Key of hareid's metadata in an export (ONNX ``metadata_props``; TorchScript extra file): JSON with
+#: the input size, mean/std and embedding size, so :class:`hareid.Embedder` preprocesses like the source.
+METADATA_KEY = "hareid.json"
 _ONNX_HINT = "pip install 'hareid[onnx]'"
 
 
@@ -126,39 +131,55 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Modul
     return fused
 
 
-def optimize_for_inference(
-    model: nn.Module, compile: bool = False, channels_last: bool = True, **compile_kwargs: Any
-) -> nn.Module:
-    """:func:`fuse_for_inference`, then ``torch.compile(**compile_kwargs)`` if ``compile`` is true.
+class _InDtype(nn.Module):
+    """Runs ``net`` under autocast in ``dtype`` and returns float32: the reduced-precision form."""
 
-    Compilation (inductor) costs about a minute on a CPU at the first call per input shape; it pays
-    off for long feature extractions, not for a short demo. Run the result under
-    ``torch.inference_mode()``; bf16 autocast works on both forms.
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            return self.net(x).float()
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    dtype: torch.dtype | None = None,
+    compile: bool = False,
+    channels_last: bool = True,
+    **compile_kwargs: Any,
+) -> nn.Module:
+    """The network every hareid embedding runs: ``float32 (B, 3, H, W) -> float32 (B, D)``.
+
+    :func:`fuse_for_inference` (BatchNorm folded, channels_last), computing in ``dtype`` (``None`` =
+    float32; ``torch.bfloat16`` on CPUs with native bf16 or CUDA; ``torch.float16`` on CUDA), then
+    ``torch.compile(**compile_kwargs)`` if ``compile``. Compilation (inductor) costs about a minute on
+    a CPU at the first call per input shape: it pays off for long extractions, not a short demo.
+    The input model is not modified; run the result under ``torch.inference_mode()``.
     """
-    fused = fuse_for_inference(model, channels_last=channels_last)
+    net: nn.Module = fuse_for_inference(model, channels_last=channels_last)
+    if dtype is not None and dtype != torch.float32:
+        net = _InDtype(net, dtype)
     if compile:
         compile_kwargs.setdefault("dynamic", False)
-        return torch.compile(fused, **compile_kwargs)
-    return fused
+        return torch.compile(net, **compile_kwargs)
+    return net
+
+
+def export_metadata(model: nn.Module, height: int, width: int, model_name: str | None = None) -> dict[str, Any]:
+    """The metadata an export carries (see ``METADATA_KEY``): input size, mean/std, embedding size."""
+    from hareid.models.registry import IMAGENET_MEAN, IMAGENET_STD, model_entry
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if model_name:
+        entry = model_entry(model_name)
+        mean, std = entry.mean, entry.std
+    return {"input_size": [int(height), int(width)], "mean": list(mean), "std": list(std),
+            "embed_dim": int(getattr(model, "embed_dim", 0)), "model": model_name}
 
 
 # --------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path in ``path``'s folder; rename it onto ``path`` on success, delete it on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def _check_size(model: nn.Module, height: int, width: int) -> None:
     ok = getattr(model, "input_size_ok", None)
     if ok is not None and not ok(height, width):
@@ -196,6 +217,7 @@ def export_onnx(
     exporter: str = "auto",
     batch: int = 2,
     fuse: bool = True,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the eval model (BN folded if ``fuse``) as ONNX: input ``images (B, 3, H, W)`` float32,
     output ``embeddings (B, D)``; batch dynamic if ``dynamic_batch``.
@@ -216,10 +238,14 @@ def export_onnx(
     t0 = time.perf_counter()
     tries = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
     errors: list[str] = []
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         for kind in tries:
             try:
                 used_opset = _onnx_export(net, x, tmp, opset, dynamic_batch, kind)
+                proto = onnx.load(str(tmp))
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = METADATA_KEY, json.dumps(metadata or export_metadata(model, height, width))
+                onnx.save(proto, str(tmp))
                 onnx.checker.check_model(str(tmp))
                 break
             except Exception as exc:  # try the next exporter; report all if none works
@@ -251,7 +277,8 @@ def _onnx_export(net: nn.Module, x: torch.Tensor, out: Path, opset: int, dynamic
 
 
 def export_torchscript(
-    model: nn.Module, path: str | os.PathLike, height: int, width: int, batch: int = 2, fuse: bool = True
+    model: nn.Module, path: str | os.PathLike, height: int, width: int, batch: int = 2, fuse: bool = True,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trace the eval model (BN folded if ``fuse``) at ``(batch, 3, height, width)`` and save it.
 
@@ -266,8 +293,9 @@ def export_torchscript(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, (x,), check_trace=False)
-        with _atomic_path(path) as tmp:
-            torch.jit.save(traced, str(tmp))
+        with atomic_path(path) as tmp:
+            torch.jit.save(traced, str(tmp), _extra_files={
+                METADATA_KEY: json.dumps(metadata or export_metadata(model, height, width))})
     return {"path": str(path), "format": "torchscript", "input_shape": [batch, 3, height, width],
             "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -165,25 +165,14 @@ class Ranking:
 
     @classmethod
     def from_eval_result(cls, result: Any) -> Ranking:
-        """From an ``EvalResult`` (its RankResult, FeatureSets and distance matrix)."""
-        rank = _first_attr(result, "rank", "rank_result", "result", "metrics")
-        query = _first_attr(result, "query", "query_features", "qf", "query_set")
-        gallery = _first_attr(result, "gallery", "gallery_features", "gf", "gallery_set")
-        distmat = _first_attr(result, "distmat", "distances", "dist")
-        return cls.from_features(query, gallery, distmat, rank)
+        """From an :class:`~hareid.evaluate.EvalResult` (its RankResult, FeatureSets and distances)."""
+        return cls.from_features(result.query, result.gallery, result.distmat, result.rank)
 
     def best_and_worst(self, n: int) -> tuple[list[int], list[int]]:
         """Indices of the ``n`` queries with the highest and the lowest AP (valid queries only)."""
         idx = np.flatnonzero(np.isfinite(self.ap))
         order = idx[np.argsort(-self.ap[idx], kind="stable")]
         return [int(i) for i in order[:n]], [int(i) for i in order[::-1][:n]]
-
-
-def _first_attr(obj: Any, *names: str) -> Any:
-    for name in names:
-        if getattr(obj, name, None) is not None:
-            return getattr(obj, name)
-    raise AttributeError(f"{type(obj).__name__} has none of the attributes {names}")
 
 
 def attention_html(
@@ -339,29 +328,15 @@ def _section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return sub if isinstance(sub, Mapping) else {}
 
 
-def _load_model(ckpt_path: Path) -> tuple[nn.Module, dict]:
-    from hareid.checkpoint import load_checkpoint
-    from hareid.models import build_model
-
-    ckpt = load_checkpoint(ckpt_path)
-    if not isinstance(ckpt.get("model"), Mapping):
-        raise KeyError(f"{ckpt_path} has no 'model' build kwargs (not a hareid training checkpoint)")
-    model = build_model(**ckpt["model"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, dict(ckpt.get("config") or {})
-
-
-def _data_from_config(cfg: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(dataset, eval transform) named by the config's ``data`` section."""
+def _data_from_config(cfg: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(dataset, eval transform) named by the run's config (the dataset is only read, never written)."""
     from hareid.data import build_dataset, build_transforms
 
     data = _section(cfg, "data")
-    name = data.get("name") or data.get("dataset")
-    if not name or not data.get("root"):
+    if not data.get("name") or not data.get("root"):
         raise KeyError("config has no data.name / data.root")
-    dataset = build_dataset(name, data["root"], verbose=False)
-    _, eval_tf = build_transforms(height=data.get("height", 160), width=data.get("width", 64))
+    dataset = build_dataset(data["name"], data["root"], verbose=False)
+    _, eval_tf = build_transforms(info["height"], info["width"], mean=info["mean"], std=info["std"])
     return dataset, eval_tf
 
 
@@ -374,28 +349,18 @@ def _attention_images(dataset: Any, eval_tf: Any, n: int) -> Tensor:
     return torch.stack([ds[i][0] for i in range(len(ds))])
 
 
-def _ranking_from_model(model: nn.Module, dataset: Any, eval_tf: Any, cfg: Mapping) -> Ranking:
-    from torch.utils.data import DataLoader
-
-    from hareid.data import ImageDataset
-    from hareid.evaluate import extract_features, pairwise_distance
-
-    try:
-        from hareid.evaluate.metrics import evaluate_rank
-    except ImportError:
-        from hareid.evaluate import evaluate_rank
+def _ranking_from_model(model: nn.Module, dataset: Any, info: Mapping[str, Any], cfg: Mapping) -> Ranking:
+    """Evaluate ``model`` on the run's query/gallery split with the run's eval settings."""
+    from hareid.data.loader import build_eval_loaders
+    from hareid.evaluate import evaluate
 
     ev, data = _section(cfg, "eval"), _section(cfg, "data")
-    bs = int(ev.get("batch_size", data.get("batch_size", 64)))
-
-    def feats(records: Sequence) -> Any:
-        return extract_features(model, DataLoader(ImageDataset(records, eval_tf), batch_size=bs),
-                                flip=bool(ev.get("flip", False)))
-
-    q, g = feats(dataset.query), feats(dataset.gallery)
-    dist = pairwise_distance(q.features, g.features, metric=ev.get("metric", "euclidean"))
-    rank = evaluate_rank(dist, q.pids, g.pids, q.camids, g.camids)
-    return Ranking.from_features(q, g, dist, rank)
+    loaders = build_eval_loaders(dataset, info["height"], info["width"], int(data.get("test_batch_size", 128)),
+                                 0, bool(data.get("skip_bad_images", False)), info["mean"], info["std"])
+    res = evaluate(model, *loaders, metric=ev.get("metric", "euclidean"), flip=bool(ev.get("flip", False)),
+                   rerank=bool(ev.get("rerank", False)), protocol=ev.get("protocol", "market1501"),
+                   max_rank=int(ev.get("max_rank", 50)))
+    return Ranking.from_eval_result(res)
 
 
 def write_report(
@@ -441,26 +406,33 @@ def write_report(
         notes.append("ranked lists: disabled (num_ranked=0)")
     want_images = num_attention_images > 0 and attention_images is None
     want_ranking = num_ranked > 0 and ranking is None
-    ckpt_cfg: dict = {}
+    info: dict = {}
     ckpt = run / "checkpoints" / "best.pt"
     if model is None and (num_attention_images > 0 or want_ranking):
         if ckpt.is_file():
-            loaded = load("attention gallery and ranked lists (model)", lambda: _load_model(ckpt))
+            from hareid.api import load_model
+
+            loaded = load("attention gallery and ranked lists (model)", lambda: load_model(ckpt))
             if loaded is not None:
-                model, ckpt_cfg = loaded
+                model, info = loaded
         else:
             notes.append(f"attention gallery and ranked lists: no checkpoint at {ckpt}")
-    if model is not None and (want_images or want_ranking):
-        cfg = ckpt_cfg or config or {}
-        data = load("attention gallery and ranked lists (dataset)", lambda: _data_from_config(cfg))
+    if model is not None and not info and config:  # a model given without its checkpoint's info
+        from hareid.models import model_entry
+
+        entry, data = model_entry(_section(config, "model").get("name", "hacnn")), _section(config, "data")
+        info = {"config": config, "height": data.get("height") or entry.input_size[0],
+                "width": data.get("width") or entry.input_size[1], "mean": entry.mean, "std": entry.std}
+    if model is not None and (want_images or want_ranking) and info:
+        cfg = info.get("config") or config or {}
+        data = load("attention gallery and ranked lists (dataset)", lambda: _data_from_config(cfg, info))
         if data is not None:
             dataset, eval_tf = data
             if want_images:
                 attention_images = load("attention gallery", lambda: _attention_images(
                     dataset, eval_tf, num_attention_images))
             if want_ranking:
-                ranking = load("ranked lists", lambda: _ranking_from_model(
-                    model, dataset, eval_tf, cfg))
+                ranking = load("ranked lists", lambda: _ranking_from_model(model, dataset, info, cfg))
     if attention_images is not None:
         attention_images = attention_images[:num_attention_images]
 

@@ -4,7 +4,7 @@ torchreid saves ``{"state_dict", "epoch", "optimizer", "rank1" (a numpy scalar),
 prefixed ``module.``. :func:`hareid.checkpoint.load_checkpoint` reads such files without full
 unpickling; this module renames the keys with a fixed, total map (every source key must map onto a
 hareid key and every hareid key must be filled; otherwise :class:`~hareid.errors.CheckpointError`
-names the offenders) and builds the model with ``region_sampling="peer"``, the mode whose embeddings
+names the offenders) and builds the model with ``region_sampling="torchreid"``, the mode whose embeddings
 equal torchreid's (to ~1e-6 at 160x64). hareid never imports torchreid.
 """
 
@@ -65,7 +65,7 @@ def _state_dict_of(obj: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
 
 
 def load_torchreid_hacnn(path_or_state_dict: str | os.PathLike | Mapping, num_classes: int | None = None) -> HACNN:
-    """Build a hareid HACNN (``region_sampling="peer"``, eval mode) holding torchreid's weights.
+    """Build a hareid HACNN (``region_sampling="torchreid"``, eval mode) holding torchreid's weights.
 
     Args:
         path_or_state_dict: a checkpoint file, a loaded checkpoint dict, or a bare state_dict.
@@ -86,7 +86,7 @@ def load_torchreid_hacnn(path_or_state_dict: str | os.PathLike | Mapping, num_cl
     num_regions = sd["attn.0.hard.fc.bias"].numel() // 2 if "attn.0.hard.fc.bias" in sd else 4
     model = HACNN(
         num_classes or ckpt_classes, channels=channels, num_regions=num_regions, feature_dim=feature_dim,
-        local_branch=local_branch, region_sampling="peer",
+        local_branch=local_branch, region_sampling="torchreid",
     )
     target = model.state_dict()
     if num_classes is not None and num_classes != ckpt_classes:

@@ -33,6 +33,8 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 from torchvision.utils import draw_bounding_boxes
 
+from hareid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -54,8 +56,6 @@ __all__ = [
     "read_metrics",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Border colour per ranked-list entry kind.
 KIND_COLORS: dict[str, tuple[int, int, int]] = {

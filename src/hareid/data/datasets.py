@@ -268,7 +268,7 @@ def parse_csv(root: str | os.PathLike) -> ReIDDataset:
         raise DataError(f"{path}: manifest not found; expected a CSV with header path,pid,camid,split")
     path = path.resolve()
     rows: list[tuple[str, Any, Any, str]] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if not {"path", "pid", "camid", "split"} <= set(header):
@@ -301,7 +301,10 @@ def _build_cuhk03(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
 def _build_synthetic(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
     from hareid.data.synthetic import load_synthetic
 
-    return load_synthetic(root, **kw)
+    if kw:
+        raise DataError(f"{root}: the synthetic dataset takes no options ({sorted(kw)}); its parameters "
+                        "are chosen when it is written (`hareid synthetic ROOT --help`)")
+    return load_synthetic(root)
 
 
 DATASETS: dict[str, Callable[..., ReIDDataset]] = {
@@ -348,18 +351,14 @@ def build_dataset(name: str, root: str | os.PathLike, verbose: bool = True,
     return ds
 
 
-def check_images(records: list[ImageRecord]) -> None:
-    """Open every image (``PIL.Image.verify``); DataError naming the first unreadable one."""
-    from PIL import Image
+def check_images(records: list[ImageRecord], progress: bool = True) -> None:
+    """Decode every image fully, as training and evaluation will (a truncated JPEG fails here);
+    DataError naming the first unreadable one."""
+    from hareid.data.loader import read_image
+    from hareid.progress import progress as progress_bar
 
-    for r in records:
-        try:
-            with Image.open(r.path) as im:
-                im.verify()
-        except Exception as exc:
-            raise DataError(f"{r.path}: unreadable image ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); "
-                            "replace or delete the file") from exc
+    for r in progress_bar(records, desc="checking images", enabled=progress):
+        read_image(r.path)
 
 
 def detect_dataset(root: str | os.PathLike) -> str | None:

@@ -6,13 +6,21 @@ than PIL on this project's CPU box; PIL stays available (``decoder="pil"``) and 
 files torchvision cannot decode (e.g. some BMPs / palette images).
 
 Corrupt images: by default a :class:`~hareid.errors.DataError` names the file. With
-``skip_bad_images=True`` the dataset warns once per bad path (per worker process) and returns
-another image of the same identity (or, if it has none, the next readable image), so a P x K batch
-keeps its shape.
+``skip_bad_images=True`` the dataset warns once per bad path (per worker process) and, for training,
+returns another image of the same identity (or, if it has none, the next readable image), so a
+P x K batch keeps its shape; for evaluation (``substitute=False``) the image is dropped
+(:func:`collate_drop_missing`), so no identity is counted twice.
+
+Decoding is bounded: an image whose header declares more than ``MAX_IMAGE_PIXELS`` pixels is refused
+before its pixels are decoded (a small file can declare a huge image).
+
+DataLoader workers ignore SIGINT/SIGTERM: a signal sent to the whole process group (Ctrl-C,
+``timeout``, Slurm) reaches the main process, which stops cleanly and shuts the workers down.
 """
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -28,8 +36,11 @@ from hareid.data.sampler import IdentitySampler
 from hareid.data.transforms import build_transforms
 from hareid.errors import DataError
 
-__all__ = ["DECODERS", "DEFAULT_DECODER", "ImageDataset", "build_loaders", "decode_pil",
-           "decode_torchvision", "read_image"]
+__all__ = ["DECODERS", "DEFAULT_DECODER", "MAX_IMAGE_PIXELS", "ImageDataset", "build_eval_loaders", "build_loaders",
+           "collate_drop_missing", "decode_pil", "decode_torchvision", "read_image"]
+
+#: Largest image (width x height) hareid decodes: a 12000 x 8000 photo; person crops are far smaller.
+MAX_IMAGE_PIXELS = 96_000_000
 
 
 def decode_pil(path: str) -> Image.Image:
@@ -61,28 +72,70 @@ DECODERS: dict[str, Callable[[str], Any]] = {"torchvision": decode_torchvision, 
 DEFAULT_DECODER = "torchvision"
 
 
-def read_image(path: str, decoder: str = DEFAULT_DECODER) -> Any:
-    """Decode ``path``; any failure becomes a one-line DataError naming the file."""
+def image_size(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the file's header (nothing decoded); DataError naming the file if it
+    is not an image or declares more than ``max_pixels`` pixels."""
     try:
-        return DECODERS[decoder](path)
-    except KeyError:
-        raise DataError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError:
+        w, h = max_pixels + 1, 1
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {msg}); replace or delete "
-                        "the file, or run with skip_bad_images=True (--skip-bad-images)") from exc
+                        "the file, or skip bad images (data.skip_bad_images=true; --skip-bad-images)") from exc
+    if w * h > max_pixels:
+        raise DataError(f"{path}: declares {w}x{h} pixels, more than hareid decodes ({max_pixels}); "
+                        "resize the image or remove it")
+    return w, h
+
+
+def read_image(path: str, decoder: str = DEFAULT_DECODER, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """Decode ``path`` (size checked first, see :func:`image_size`); any failure becomes a one-line
+    DataError naming the file."""
+    if decoder not in DECODERS:
+        raise DataError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
+    image_size(path, max_pixels)
+    try:
+        return DECODERS[decoder](path)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {msg}); replace or delete "
+                        "the file, or skip bad images (data.skip_bad_images=true; --skip-bad-images)") from exc
+
+
+def collate_drop_missing(batch: list[Any]) -> Any:
+    """``default_collate`` of the samples that are not ``None`` (dropped bad images); ``None`` if
+    the whole batch was dropped."""
+    from torch.utils.data import default_collate
+
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: leave SIGINT/SIGTERM to the main process (module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ImageDataset(Dataset):
-    """Records -> ``(image Tensor[3,H,W] float, pid, camid, path)``."""
+    """Records -> ``(image Tensor[3,H,W] float, pid, camid, path)``.
+
+    ``skip_bad_images``: a bad image is replaced by another of the same identity (``substitute``,
+    for training) or returned as ``None`` (evaluation; batch with :func:`collate_drop_missing`).
+    """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable[[Any], torch.Tensor] | None,
-                 skip_bad_images: bool = False, decoder: str = DEFAULT_DECODER) -> None:
+                 skip_bad_images: bool = False, decoder: str = DEFAULT_DECODER, substitute: bool = True) -> None:
         if decoder not in DECODERS:
             raise DataError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
         self.records = list(records)
         self.transform = transform
         self.skip_bad_images = skip_bad_images
+        self.substitute = substitute
         self.decoder = decoder
         self.bad_paths: set[str] = set()
         by_pid: dict[int, list[int]] = defaultdict(list)
@@ -108,7 +161,7 @@ class ImageDataset(Dataset):
         n = len(self.records)
         return order + [(index + j) % n for j in range(1, n) if (index + j) % n not in same]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str] | None:
         rec = self.records[index]
         if rec.path not in self.bad_paths:
             try:
@@ -117,6 +170,8 @@ class ImageDataset(Dataset):
                 if not self.skip_bad_images:
                     raise
                 self._mark_bad(rec.path, exc)
+        if not self.substitute:
+            return None
         for j in self._substitutes(index):
             sub = self.records[j]
             if sub.path in self.bad_paths:
@@ -158,7 +213,8 @@ def build_loaders(
     train_tf, eval_tf = build_transforms(height, width, **transform_kw)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin,
-                              "persistent_workers": workers > 0}
+                              "persistent_workers": workers > 0,
+                              "worker_init_fn": _ignore_stop_signals if workers > 0 else None}
     if workers > 0:
         common["prefetch_factor"] = 4
     gen = torch.Generator().manual_seed(seed * 1000 + rank)  # distinct augmentation per rank
@@ -166,9 +222,34 @@ def build_loaders(
     train = DataLoader(ImageDataset(dataset.train, train_tf, skip_bad_images, decoder),
                        batch_size=batch_size, sampler=sampler, drop_last=True, generator=gen,
                        **common)
-    tbs = test_batch_size or max(batch_size, 64)
-    query = DataLoader(ImageDataset(dataset.query, eval_tf, skip_bad_images, decoder),
-                       batch_size=tbs, shuffle=False, **common)
-    gallery = DataLoader(ImageDataset(dataset.gallery, eval_tf, skip_bad_images, decoder),
-                         batch_size=tbs, shuffle=False, **common)
+    query, gallery = _eval_loaders(dataset, eval_tf, test_batch_size or max(batch_size, 64),
+                                   skip_bad_images, decoder, common)
     return train, query, gallery
+
+
+def _eval_loaders(dataset: ReIDDataset, eval_tf: Callable, batch_size: int, skip_bad_images: bool,
+                  decoder: str, common: dict[str, Any]) -> tuple[DataLoader, DataLoader]:
+    return tuple(DataLoader(ImageDataset(records, eval_tf, skip_bad_images, decoder, substitute=False),  # type: ignore[return-value]
+                            batch_size=batch_size, shuffle=False, collate_fn=collate_drop_missing, **common)
+                 for records in (dataset.query, dataset.gallery))
+
+
+def build_eval_loaders(
+    dataset: ReIDDataset,
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    workers: int = 2,
+    skip_bad_images: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """``(query_loader, gallery_loader)`` in dataset order with the evaluation transform; with
+    ``skip_bad_images`` unreadable images are dropped (and reported), not replaced."""
+    if batch_size < 1 or workers < 0:
+        raise DataError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    _, eval_tf = build_transforms(height, width, **kw)
+    common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available(),
+                              "worker_init_fn": _ignore_stop_signals if workers > 0 else None}
+    return _eval_loaders(dataset, eval_tf, batch_size, skip_bad_images, DEFAULT_DECODER, common)

@@ -307,8 +307,8 @@ def load_synthetic(root: str | os.PathLike, version: int | None = None) -> ReIDD
     found = synthetic_version(root)
     if found is None:
         hint = f" --version {version}" if version else ""
-        raise DataError(f"{root}: no complete synthetic benchmark there; write it with "
-                        f"`hareid synthetic {root}{hint}`")
+        raise DataError(f"{root}: no complete synthetic set here; write one with `hareid synthetic {root}{hint}` "
+                        "(or `hareid demo`), or set data.root to where it is")
     if version is not None and found != version:
         raise DataError(f"{root}: holds synthetic version {found}, not the {version} asked for "
                         f"(data.options.version); write version {version} to another folder with "
@@ -377,5 +377,3 @@ def save_sample_grid(root: str | os.PathLike, out_path: str | os.PathLike, num_i
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, out_path)
     return out_path
-
-

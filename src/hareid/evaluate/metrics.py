@@ -427,4 +427,16 @@ def evaluate_rank(
     )
 
 
-__all__ = ["PROTOCOLS", "RankResult", "evaluate_rank"]
+__all__ = ["PROTOCOLS", "RankResult", "count_valid_queries", "evaluate_rank"]
+
+
+def count_valid_queries(q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> int:
+    """How many queries have a correct match under the protocols' junk rule (same identity in
+    another camera, gallery identity ``-1`` never a match), from the labels alone: whether a
+    query/gallery split can be evaluated at all, checked before any image is embedded."""
+    cams: dict[int, set[int]] = {}
+    for pid, cam in zip(np.asarray(g_pids).tolist(), np.asarray(g_camids).tolist()):
+        if pid != -1:
+            cams.setdefault(pid, set()).add(cam)
+    return sum(1 for pid, cam in zip(np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist())
+               if cams.get(pid, set()) - {cam})

@@ -59,16 +59,31 @@ def evaluate(
     protocol: str = "market1501",
     *,
     max_rank: int = 50,
-    autocast_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
     rerank_kwargs: dict[str, Any] | None = None,
-) -> EvalResult:
-    """Extract query and gallery features, compute distances (optionally k-reciprocal re-ranked)
-    and the protocol's metrics."""
-    qs = extract_features(model, query_loader, flip, autocast_dtype, progress=progress,
-                          desc="query")
-    gs = extract_features(model, gallery_loader, flip, autocast_dtype, progress=progress,
-                          desc="gallery")
+    distributed: bool = False,
+) -> EvalResult | None:
+    """Embed query and gallery (:func:`~hareid.evaluate.features.extract_features`), compute their
+    distances (optionally k-reciprocal re-ranked) and the protocol's metrics.
+
+    ``distributed``: under ``torchrun`` each process embeds a strided shard of both loaders, rank 0
+    gathers the features and scores them (and returns the result); the other ranks return ``None``.
+    In a single process it changes nothing.
+    """
+    from hareid import distributed as hdist
+
+    sets = []
+    for name, loader in (("query", query_loader), ("gallery", gallery_loader)):
+        if distributed:
+            fs = extract_features(model, hdist.shard_loader(loader), flip, dtype,
+                                  progress=progress and hdist.is_main_process(), desc=name)
+            sets.append(hdist.gather_feature_set(fs, total=len(loader.dataset)))
+        else:
+            sets.append(extract_features(model, loader, flip, dtype, progress=progress, desc=name))
+    if distributed and not hdist.is_main_process():
+        return None
+    qs, gs = sets
     distmat = pairwise_distance(qs.features, gs.features, metric)
     if rerank:
         from hareid.evaluate.rerank import re_ranking

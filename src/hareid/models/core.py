@@ -36,7 +36,6 @@ Output contract (docs/architecture.md): ``train()`` -> ``{"logits": [global, loc
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hareid.attention import (
+    REGION_SAMPLING_MODES,
     SOFT_MASKS,
     HarmAttn,
     sample_regions,
@@ -55,7 +55,6 @@ from hareid.blocks import channels_last_grad
 
 __all__ = ["REGION_SAMPLING_MODES", "HarmNet", "halve"]
 
-REGION_SAMPLING_MODES = ("direct", "peer")
 
 
 def halve(n: int, times: int = 1) -> int:
@@ -93,7 +92,7 @@ class HarmNet(nn.Module):
         hard_attn: learn the region translations (off: fixed horizontal stripes).
         cross_attn: sample regions from the global stage inputs at every stage (off: only stage 1
             samples from the stem output; later local stages see no global features).
-        region_sampling: ``"direct"`` or ``"peer"``, see :func:`hareid.attention.sample_regions`.
+        region_sampling: ``"direct"`` or ``"torchreid"``, see :func:`hareid.attention.sample_regions`.
         channels_last: run in channels_last memory format (faster convolutions and pooling on CPU).
         reduction: ChannelAttn reduction rate.
     """
@@ -123,6 +122,7 @@ class HarmNet(nn.Module):
         super().__init__()
         if soft_mask not in SOFT_MASKS:
             raise ValueError(f"soft_mask must be one of {SOFT_MASKS}, got {soft_mask!r}")
+        region_sampling = {"peer": "torchreid"}.get(region_sampling, region_sampling)  # pre-0.2 name
         if region_sampling not in REGION_SAMPLING_MODES:
             raise ValueError(f"region_sampling must be one of {REGION_SAMPLING_MODES}, got {region_sampling!r}")
         for key, val in (("num_classes", num_classes), ("num_regions", num_regions), ("feature_dim", feature_dim)):
@@ -165,12 +165,6 @@ class HarmNet(nn.Module):
         self.embed_dim = feature_dim * (2 if local_branch else 1)
 
     # ----------------------------------------------------------------------------- input sizes
-    @staticmethod
-    def option_names() -> list[str]:
-        """The user-facing build options: :class:`HarmNet`'s keyword arguments with defaults."""
-        params = inspect.signature(HarmNet.__init__).parameters.values()
-        return [p.name for p in params if p.default is not p.empty]
-
     def region_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
         """Sizes ``(h_s, w_s)`` at which the regions of stages 1..3 are sampled for an ``h x w`` input."""
         rh, rw = self._region_size(h, w, self.num_regions)

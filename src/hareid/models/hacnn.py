@@ -15,7 +15,7 @@ Region sampling (``region_sampling``):
 * ``"direct"`` (default) samples each region once, at its target size, from the stage input. It does
   what the paper describes (an affine crop at the local branch's resolution) with a quarter of the
   grid points at stage 1 and no resize pass: hareid-trained models use it.
-* ``"peer"`` reproduces torchreid's HACNN (sample at the full source size, then
+* ``"torchreid"`` reproduces torchreid's HACNN (sample at the full source size, then
   bilinear resize with ``align_corners=True``); embeddings match torchreid's to ~1e-7. Use it for
   torchreid checkpoints: :func:`hareid.torchreid_compat.load_torchreid_hacnn` sets it.
 
@@ -26,15 +26,13 @@ one mixed running estimate at test time (1% vs 74% train/eval mismatch, see :mod
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from hareid.blocks import ConvBlock, InceptionA, InceptionB
 from hareid.models.core import HarmNet
 from hareid.models.registry import register_model
 
-__all__ = ["HACNN", "hacnn", "hacnn_region_size"]
+__all__ = ["HACNN", "hacnn_region_size"]
 
 
 def hacnn_region_size(h: int, w: int, num_regions: int) -> tuple[int, int]:
@@ -70,12 +68,4 @@ class HACNN(HarmNet):
         )
 
 
-def hacnn(num_classes: int, **options: Any) -> HACNN:
-    """HA-CNN with the paper's widths (128, 256, 384); options as :class:`HarmNet` (``num_regions``,
-    ``feature_dim``, ``local_branch``, ``return_features``, ``soft_attn``, ``soft_mask``, ``hard_attn``,
-    ``cross_attn``, ``region_sampling``, ``channels_last``, ``reduction``)."""
-    return HACNN(num_classes, **options)
-
-
-hacnn.options = HarmNet.option_names()
-register_model(hacnn)
+register_model("hacnn", input_size=(160, 64))(HACNN)

@@ -8,7 +8,7 @@ hareid never downloads anything. Same output contract as ``hacnn``.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
 
 from torch import nn
 from torchvision import models as tvm
@@ -46,15 +46,5 @@ class ResNetHarm(HarmNet):
         )
 
 
-def _builder(arch: str):
-    def build(num_classes: int, **options: Any) -> ResNetHarm:
-        return ResNetHarm(num_classes, arch=arch, **options)
-
-    build.options = HarmNet.option_names()
-    build.__name__ = f"{arch}_harm"
-    build.__doc__ = f"torchvision {arch} (random init) with HarmAttn after layers 2-4 and a local branch."
-    return build
-
-
-resnet18_harm = register_model(_builder("resnet18"))
-resnet50_harm = register_model(_builder("resnet50"))
+resnet18_harm = register_model("resnet18_harm", input_size=(256, 128))(partial(ResNetHarm, arch="resnet18"))
+resnet50_harm = register_model("resnet50_harm", input_size=(256, 128))(partial(ResNetHarm, arch="resnet50"))
