@@ -261,7 +261,7 @@ def test_soft_mask_reaches_the_model_from_the_config() -> None:
     from hareid.config import load_config
 
     cfg = load_config("hacnn_synthetic", ["model.soft_mask=temperature"])
-    m = build_model(cfg.model.name, num_classes=3, **cfg.model.build_kwargs())
+    m = build_model(cfg.model.name, num_classes=3, **cfg.model.options)
     assert [a.soft.mask for a in m.attn] == ["temperature"] * 3
     assert build_model("hacnn", num_classes=3).attn[0].soft.mask == "relu"  # default: the released mask
     with pytest.raises(ValueError, match="soft_mask must be one of"):

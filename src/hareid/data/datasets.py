@@ -34,7 +34,8 @@ Layouts read
     ``manifest.csv``). ``path`` is absolute or relative to the CSV's folder; ``pid``/``camid`` are
     integers or names (numbered as for ``folder``); ``split`` is ``train``, ``query`` or ``gallery``.
 ``synthetic``
-    The built-in benchmark (:mod:`hareid.data.synthetic`), written if absent, read as Market-1501.
+    The built-in benchmark (:mod:`hareid.data.synthetic`), read as Market-1501; never written here
+    (`hareid synthetic` writes it). Option: `version` (1 or 2), checked against the tree.
 
 Errors are :class:`~hareid.errors.DataError` with one line naming the path and the expected layout.
 """
@@ -298,13 +299,13 @@ def _build_cuhk03(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
     return parse_cuhk03(root, **kw)
 
 
-def _build_synthetic(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
+def _build_synthetic(root: str | os.PathLike, version: int | None = None, **kw: Any) -> ReIDDataset:
     from hareid.data.synthetic import load_synthetic
 
     if kw:
-        raise DataError(f"{root}: the synthetic dataset takes no options ({sorted(kw)}); its parameters "
-                        "are chosen when it is written (`hareid synthetic ROOT --help`)")
-    return load_synthetic(root)
+        raise DataError(f"{root}: the synthetic dataset takes no options but `version` ({sorted(kw)}); its "
+                        "parameters are chosen when it is written (`hareid synthetic ROOT --help`)")
+    return load_synthetic(root, version)
 
 
 DATASETS: dict[str, Callable[..., ReIDDataset]] = {
