@@ -114,7 +114,7 @@ def test_every_readme_command_runs(tiny: Tiny, tmp_path: Path, monkeypatch, caps
     for path in ("runs/demo/report/index.html", "runs/demo/checkpoints/best.onnx",
                  "runs/demo/checkpoints/best.ts", "runs/demo/index/index.faiss",
                  "runs/demo/attention_score.json", "runs/market1501/report/index.html",
-                 "docs/images/attention.png", "docs/images/synthetic_grid.png",
+                 "docs/images/attention.png", "docs/images/synthetic_grid.png", "docs/images/synthetic_v2_grid.png",
                  "runs/ablation/results.jsonl"):
         assert (work / path).is_file(), path
     assert len(ran) == len(readme_commands())

@@ -40,7 +40,7 @@ from hareid.data.synthetic_v1 import _box, _limb, _pick, _rect, pixel_boxes
 
 VERSION = 2
 #: Defaults of the parameters whose default depends on the version.
-DEFAULTS = {"hard_negative_frac": 0.5, "occlusion_p": 0.3}
+DEFAULTS = {"hard_negative_frac": 0.3, "occlusion_p": 0.25}
 SS = 2  # supersampling factor for anti-aliased drawing
 NUM_SCENES = 48  # background scenes shared by all cameras and identities
 VIEWS = ("front", "back", "left", "right")
@@ -79,7 +79,7 @@ HAIR_STYLES = (("short", 0.5), ("long", 0.3), ("bun", 0.12), ("bald", 0.08))
 HATS = (("none", 0.8), ("beanie", 0.1), ("cap", 0.1))
 BAGS = (("none", 0.4), ("backpack", 0.28), ("crossbody", 0.14), ("handbag", 0.1), ("tote", 0.08))
 LOGOS = (("none", 0.6), ("circle", 0.1), ("square", 0.1), ("stripe", 0.1), ("triangle", 0.1))
-PATTERNS = (("solid", 0.84), ("hstripes", 0.06), ("checks", 0.05), ("colorblock", 0.05))
+PATTERNS = (("solid", 0.7), ("hstripes", 0.1), ("checks", 0.08), ("colorblock", 0.12))
 
 
 # ------------------------------------------------------------------------------------- identities
@@ -96,10 +96,10 @@ def _jit(rng: np.random.Generator, c: Sequence[int], s: float = 7) -> list[int]:
 def _random_identity(rng: np.random.Generator) -> dict[str, Any]:
     top = _w(rng, TOP_TYPES)
     return {
-        "top": top, "top_color": _jit(rng, _w(rng, TOPS)), "inner_color": _jit(rng, _w(rng, TOPS)),
+        "top": top, "top_color": _jit(rng, _w(rng, TOPS), 12), "inner_color": _jit(rng, _w(rng, TOPS)),
         "open": bool(top in ("coat", "jacket") and rng.random() < 0.35),
         "pattern": _w(rng, PATTERNS), "pattern_color": _jit(rng, _w(rng, TOPS)),
-        "cut": _w(rng, CUTS), "bottom_color": _jit(rng, _w(rng, BOTTOMS)),
+        "cut": _w(rng, CUTS), "bottom_color": _jit(rng, _w(rng, BOTTOMS), 10),
         "shoes": _jit(rng, _w(rng, SHOES), 5), "skin": list(_w(rng, SKIN)),
         "hair": _jit(rng, _w(rng, HAIR), 5), "hair_style": _w(rng, HAIR_STYLES),
         "hat": _w(rng, HATS), "hat_color": _jit(rng, _w(rng, ACCENTS)),
@@ -193,13 +193,13 @@ def make_cameras(seed: int, num_cams: int) -> list[Camera]:
         views = {"along": [0.42, 0.42, 0.08, 0.08], "across": [0.1, 0.1, 0.4, 0.4],
                  "diagonal": [0.25, 0.25, 0.25, 0.25]}[axis]
         cast = rng.uniform(0.9, 1.1, 3)
-        lo = int(rng.integers(30, 75))
+        lo = int(rng.integers(45, 80))
         cams.append(Camera(
-            views=views, scale=float(rng.uniform(0.92, 1.02)), brightness=float(rng.uniform(0.7, 1.2)),
-            cast=[float(v) for v in cast / cast.mean()], contrast=float(rng.uniform(0.75, 1.1)),
-            saturation=float(rng.uniform(0.7, 1.1)), blur=float(rng.uniform(0.0, 0.8)),
-            noise=float(rng.uniform(2, 7)), lowres=float(rng.uniform(1.0, 2.0)),
-            motion_p=float(rng.uniform(0.05, 0.3)), jpeg=[lo, lo + 20], shadow_p=float(rng.uniform(0.0, 0.35))))
+            views=views, scale=float(rng.uniform(0.92, 1.02)), brightness=float(rng.uniform(0.8, 1.15)),
+            cast=[float(v) for v in cast / cast.mean()], contrast=float(rng.uniform(0.8, 1.1)),
+            saturation=float(rng.uniform(0.8, 1.1)), blur=float(rng.uniform(0.0, 0.5)),
+            noise=float(rng.uniform(2, 5)), lowres=float(rng.uniform(1.0, 1.5)),
+            motion_p=float(rng.uniform(0.03, 0.15)), jpeg=[lo, lo + 15], shadow_p=float(rng.uniform(0.0, 0.25))))
     return cams
 
 
@@ -445,7 +445,7 @@ def _draw_person(ident: dict[str, Any], size: tuple[int, int], pose: _Pose) -> t
     if ident["top"] == "hoodie" and back:  # the hood
         d.chord([cx - 0.45 * sh_w, sh_y - 0.04 * u, cx + 0.45 * sh_w, sh_y + 0.08 * u], 0, 180, fill=_rgba(top_c, 0.85))
     if ident["logo"] != "none" and pose.view == "front":
-        s = 0.032 * u
+        s = 0.04 * u
         lc = (cx - 0.17 * sh_w, sh_y + 0.09 * u)
         lb = [lc[0] - s, lc[1] - s, lc[0] + s, lc[1] + s]
         lcol = _rgba(ident["logo_color"])
@@ -633,7 +633,7 @@ def render(ident: dict[str, Any] | None, job: Any, world: Any,
     view = VIEWS[int(rng.choice(4, p=cam.views))]
     build_h = ident["build_h"] if ident else 1.0
     u = H * 0.84 * cam.scale * build_h * float(np.exp(rng.normal(0, 0.07)))
-    cut = str(rng.choice(["none", "head", "feet"], p=[0.84, 0.08, 0.08]))
+    cut = str(rng.choice(["none", "head", "feet"], p=[0.9, 0.05, 0.05]))
     feet_y = H * (0.96 + rng.normal(0, 0.015))
     if cut == "feet":
         feet_y = H * rng.uniform(1.1, 1.28)
@@ -643,12 +643,12 @@ def render(ident: dict[str, Any] | None, job: Any, world: Any,
     pose = _Pose(W / 2 + rng.normal(0, 0.06) * W, feet_y, u, width_scale, view, rng.uniform(0, 2 * math.pi))
     # other people partly in the crop, behind or in front
     crowd = _crowd(world.seed)
-    n_by = int(rng.choice(3, p=[0.45, 0.4, 0.15]))
+    n_by = int(rng.choice(3, p=[0.6, 0.32, 0.08]))
     bystanders = []
     for _ in range(n_by):
         s_ = rng.choice([-1, 1])
-        front = rng.random() < 0.3
-        bp = _Pose(pose.cx + s_ * rng.uniform(0.45, 0.85) * W,
+        front = rng.random() < 0.25
+        bp = _Pose(pose.cx + s_ * rng.uniform(0.5, 0.9) * W,
                    feet_y + (rng.uniform(0.03, 0.1) if front else rng.uniform(-0.08, 0.02)) * H,
                    u * (rng.uniform(1.0, 1.12) if front else rng.uniform(0.8, 1.0)),
                    float(rng.uniform(0.9, 1.15)), VIEWS[int(rng.integers(4))], rng.uniform(0, 2 * math.pi))
