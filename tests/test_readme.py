@@ -76,7 +76,9 @@ def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
     if command == "ablate":
         return [*argv, "--variants", "full", "--seeds", "0", "--data-root", str(tiny.data),
                 "--output", str(work / "runs" / "ablation"), *TRAIN_OVERRIDES]
-    if command in ("visualize", "export", "index", "datasets"):
+    if command == "visualize":  # checkpoints of runs the README made elsewhere -> the tiny run's
+        return [str(tiny.checkpoint) if a.endswith(".pt") and not (work / a).is_file() else a for a in argv]
+    if command in ("export", "index", "datasets"):
         return argv  # already small on the tiny data
     pytest.fail(f"README command `hareid {shlex.join(argv)}`: test_readme.shrink does not know how "
                 f"to run `{command}` on tiny settings; teach it")
