@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hareid.attention import (
+    SOFT_MASKS,
     ChannelAttn,
     HardAttn,
     HarmAttn,
@@ -80,13 +81,14 @@ def test_soft_attn_mask_shape_and_range() -> None:
     assert m.min() >= 0.5 and m.max() < 1  # sigmoid(ReLU(.))
 
 
+@pytest.mark.parametrize("mask", ["relu", "sigmoid"])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_soft_attn_rank1_conv_equals_explicit_map(train: bool, channels_last: bool) -> None:
+def test_soft_attn_rank1_conv_equals_explicit_map(train: bool, channels_last: bool, mask: str) -> None:
     """The 1x1 ConvBlock on the rank-1 map s * c, computed as s * (W c) + b, equals building the map
     and convolving it: forward (train: batch-statistics BN; eval: folded BN) and every gradient."""
     torch.manual_seed(3)
-    sa = SoftAttn(32)
+    sa = SoftAttn(32, mask=mask)
     with torch.no_grad():  # non-trivial BN running statistics / affine parameters
         bn = sa.conv.bn
         bn.running_mean.uniform_(-0.3, 0.3)
@@ -110,6 +112,65 @@ def test_soft_attn_rank1_conv_equals_explicit_map(train: bool, channels_last: bo
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
     for (name, p), q in zip(sa.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _soft_pair(mask: str) -> tuple[SoftAttn, SoftAttn]:
+    """A ``mask`` variant and a "sigmoid" one with the same (non-trivial) weights, both in eval mode."""
+    torch.manual_seed(0)
+    ref = SoftAttn(32, mask="sigmoid")
+    for mod in ref.modules():  # running statistics that put the pre-activation on both sides of 0
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.3, 0.3)
+            mod.running_var.uniform_(0.05, 0.2)
+    other = SoftAttn(32, mask=mask)
+    missing, unexpected = other.load_state_dict(ref.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"log_temperature"}
+    return other.eval(), ref.eval()
+
+
+def test_soft_mask_relu_is_sigmoid_variant_floored_at_half() -> None:
+    """Same weights: sigmoid(ReLU(z)) == max(sigmoid(z), 0.5) elementwise."""
+    relu, full = _soft_pair("relu")
+    x = torch.randn(4, 32, 9, 5)
+    with torch.no_grad():
+        a, b = relu(x), full(x)
+    assert b.min() < 0.3 and b.max() > 0.7  # the full-range variant uses both sides of 0.5
+    torch.testing.assert_close(a, b.clamp(min=0.5))
+
+
+def test_soft_mask_temperature_divides_the_logit() -> None:
+    temp, full = _soft_pair("temperature")
+    x = torch.randn(2, 32, 6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(temp(x), full(x))  # initial temperature 1
+        temp.log_temperature.fill_(math.log(2.0))
+        torch.testing.assert_close(temp(x), torch.sigmoid(torch.logit(full(x).double()) / 2).float())
+
+
+@pytest.mark.parametrize("mask", SOFT_MASKS)
+def test_soft_mask_variants_range_and_gradient(mask: str) -> None:
+    torch.manual_seed(1)
+    sa = SoftAttn(32, mask=mask).train()
+    x = torch.randn(3, 32, 9, 5, requires_grad=True)
+    m = sa(x)
+    channels = 1 if mask == "spatial" else 32
+    assert m.shape == (3, channels, 9, 5)
+    lo = 0.5 if mask == "relu" else 0.0
+    assert m.min() >= lo and m.max() < 1 and (mask == "relu" or m.min() < 0.5)
+    (x * m).square().mean().backward()  # what the network does with the mask
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grads = {n: p.grad for n, p in sa.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
+    # the last layer before the sigmoid learns in every variant
+    last = "where.conv.weight" if mask == "spatial" else "conv.conv.weight"
+    assert grads[last].abs().sum() > 0
+    if mask == "temperature":
+        assert grads["log_temperature"].abs() > 0
+
+
+def test_soft_mask_unknown_name() -> None:
+    with pytest.raises(ValueError, match="soft_mask must be one of"):
+        SoftAttn(32, mask="tanh")
 
 
 def test_initial_hard_attention_boxes_are_horizontal_stripes() -> None:

@@ -210,6 +210,27 @@ def test_synthetic_writes_and_reuses(tmp_path: Path, capsys) -> None:
     assert rc == 0 and (tmp_path / "syn" / ".complete").stat().st_mtime_ns == stamp
 
 
+def test_ablate_records_curves_and_resumes(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    out_dir = tmp_path / "abl"
+    argv = ["ablate", "--variants", "soft", "full_sigmoid", "--seeds", 0, "--data-root", tiny.data,
+            "--output", out_dir, *TRAIN_OVERRIDES, "train.epochs=2"]
+    rc, out, _ = run(capsys, *argv)
+    assert rc == 0 and "| full_sigmoid | 1 |" in out
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["soft", "full_sigmoid"]
+    for r in rows:  # one evaluation per epoch; the last one is the reported result
+        assert [c["epoch"] for c in r["curve"]] == [1, 2] and r["epochs"] == 2
+        assert r["curve"][-1]["mAP"] == pytest.approx(r["mAP"]) and r["curve"][-1]["rank1"] == pytest.approx(r["rank1"])
+    cfg = yaml.safe_load((out_dir / "full_sigmoid_seed0" / "config.yaml").read_text())
+    assert cfg["model"]["soft_mask"] == "sigmoid" and cfg["model"]["local_branch"] is True
+    assert (out_dir / "ablation_curves.png").is_file() and (out_dir / "ablation.png").is_file()
+    rc, again, _ = run(capsys, *argv)  # everything done: nothing is trained again, same table
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert rc == 0 and "ablation:" not in again and [ln for ln in again.splitlines() if ln.startswith("|")] == table
+
+
 def test_attention_score(tiny: Tiny, tmp_path: Path, capsys) -> None:
     run_dir = link_copy(tiny.run, tmp_path / "run")
     rc, out, _ = run(capsys, "attention-score", run_dir, "--num-images", 8)
@@ -246,6 +267,9 @@ def _bad_checkpoints(tmp: Path) -> dict[str, Path]:
     ("missing run", ["report", "{tmp}/no_run"], "run folder not found"),
     ("missing run", ["attention-score", "{tmp}/no_run"], "checkpoint not found"),
     ("unknown variant", ["ablate", "--variants", "full", "bogus"], "unknown ablation variant(s) ['bogus']"),
+    ("no data for ablate", ["ablate", "--data-root", "{tmp}/none"], "none: no complete synthetic benchmark there"),
+    ("version mismatch", ["train", "--config", "hacnn_synthetic", "data.root={data}", "data.options.version=2",
+                          "output_dir={tmp}/run"], "holds synthetic version 1, not the 2 asked for"),
 ])
 def test_user_errors_are_one_line(case: str, argv: list[str], expected: str, tiny: Tiny,
                                   tmp_path: Path, capsys) -> None:

@@ -164,6 +164,9 @@ def test_hacnn_region_sizes_and_size_rule() -> None:
         {"region_sampling": "torchreid"},
         {"num_regions": 3, "feature_dim": 64},
         {"channels_last": False},
+        {"soft_mask": "sigmoid"},
+        {"soft_mask": "temperature"},
+        {"soft_mask": "spatial"},
     ],
 )
 def test_hacnn_options(options: dict) -> None:
@@ -184,6 +187,9 @@ def test_hacnn_options(options: dict) -> None:
         assert len(att["translations"]) == 1
     if options.get("soft_attn") is False:
         assert att["soft"] == []
+    if "soft_mask" in options:  # the option reaches every stage
+        assert all(a.soft.mask == options["soft_mask"] for a in m.attn)
+        assert len(att["soft"]) == 3 and all(float(s.min()) > 0 and float(s.max()) < 1 for s in att["soft"])
 
 
 def test_train_mode_without_features() -> None:
@@ -206,7 +212,8 @@ def test_batched_local_branch_equals_per_region_loop_in_eval() -> None:
     torch.testing.assert_close(batched, per, atol=1e-5, rtol=1e-5)
 
 
-def test_train_gradients_stay_channels_last() -> None:
+@pytest.mark.parametrize("soft_mask", ["relu", "spatial"])
+def test_train_gradients_stay_channels_last(soft_mask: str) -> None:
     """Performance property: every ConvBlock output gets its gradient with channels innermost.
 
     Means, grid_sample and broadcast products produce NCHW gradients; mixed with the channels_last
@@ -215,7 +222,7 @@ def test_train_gradients_stay_channels_last() -> None:
     """
     from hareid.blocks import ConvBlock
 
-    m = build_model("hacnn", num_classes=3).train()
+    m = build_model("hacnn", num_classes=3, soft_mask=soft_mask).train()
     bad: list[str] = []
 
     def watch(name: str):
@@ -248,3 +255,14 @@ def test_torch_compile_matches_eager() -> None:
         ref = m(x)
         out = torch.compile(m)(x)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_soft_mask_reaches_the_model_from_the_config() -> None:
+    from hareid.config import load_config
+
+    cfg = load_config("hacnn_synthetic", ["model.soft_mask=temperature"])
+    m = build_model(cfg.model.name, num_classes=3, **cfg.model.options)
+    assert [a.soft.mask for a in m.attn] == ["temperature"] * 3
+    assert build_model("hacnn", num_classes=3).attn[0].soft.mask == "relu"  # default: the released mask
+    with pytest.raises(ValueError, match="soft_mask must be one of"):
+        build_model("hacnn", num_classes=3, soft_mask="tanh")

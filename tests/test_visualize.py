@@ -121,6 +121,36 @@ def test_plot_attention_grid_and_stages(tmp_path: Path) -> None:
     assert grid.shape[1] > grid.shape[0]  # 7 columns
 
 
+def test_attention_overlay_fixed_value_range() -> None:
+    """Min-max stretching shows a mask's floor as blue whatever its value; a fixed range (0, 1)
+    shows 0.5 as jet's middle colour, so masks of different models compare."""
+    import matplotlib
+
+    img = torch.full((3, 16, 8), 128, dtype=torch.uint8)
+    ramp = torch.linspace(0.5, 0.99, 4).view(4, 1).expand(4, 2)  # top row 0.5 (the floor)
+
+    def expected(v: float) -> Tensor:  # Image.blend(img, heat, 0.5) of one pixel
+        heat = np.round(np.asarray(matplotlib.colormaps["jet"](v)[:3]) * 255)
+        return torch.tensor(np.floor(128 + (heat - 128) * 0.5 + 0.5))
+
+    stretched = viz.attention_overlay(img, ramp)[:, 0, 0].float()
+    fixed = viz.attention_overlay(img, ramp, value_range=(0.0, 1.0))[:, 0, 0].float()
+    assert (stretched - expected(0.0)).abs().max() <= 1
+    assert (fixed - expected(0.5)).abs().max() <= 1
+
+
+def test_plot_attention_compare(tmp_path: Path) -> None:
+    from hareid.models import build_model
+
+    torch.manual_seed(0)
+    models = {"relu": build_model("hacnn", 3), "spatial": build_model("hacnn", 3, soft_mask="spatial")}
+    x = torch.randn(2, 3, 64, 32)
+    one = png_ok(viz.plot_attention_compare({"relu": models["relu"]}, x, tmp_path / "one.png"))
+    two = png_ok(viz.plot_attention_compare(models, x, tmp_path / "two.png"))
+    assert two.shape[1] > one.shape[1] * 1.5  # 1 + 6 columns vs 1 + 3
+    assert all(m.training for m in models.values())  # modes restored
+
+
 def test_plot_attention_with_real_translations_to_boxes(tmp_path: Path) -> None:
     pytest.importorskip("hareid.attention", reason="hareid.attention not written yet")
     png_ok(viz.plot_attention(TinyAttnModel(), torch.randn(2, 3, 64, 32), tmp_path / "g.png"))

@@ -14,6 +14,18 @@ Paper <-> code (equation numbers as in the paper):
   :func:`translations_to_theta` (builds the matrix in ``grid_sample`` convention).
 * :class:`HarmAttn` = soft + hard attention of one stage.
 
+Soft-mask variants (``SoftAttn(mask=...)``, model option ``soft_mask``; :data:`SOFT_MASKS`):
+
+* ``"relu"`` (default): the released code's ``sigmoid(ReLU(BN(conv(S * C))))``, in ``[0.5, 1)``:
+  it can never suppress a feature by more than half. Keeps torchreid checkpoints importable exactly.
+* ``"sigmoid"``: ``sigmoid(BN(conv(S * C)))``, the paper's Eq. (1) read literally, in ``(0, 1)``.
+* ``"temperature"``: ``sigmoid(BN(conv(S * C)) / T)`` with one learned temperature ``T = exp(tau)``
+  per stage (initially 1): a single scalar that can sharpen or flatten the whole stage's mask.
+* ``"spatial"``: a spatial-only mask ``(B, 1, H, W)`` shared by all channels,
+  ``sigmoid(BN(conv3x3(ReLU(BN(conv1x1(X))))))`` with a learned ``C -> C/r`` projection instead of
+  the channel mean of Eq. (2): it tests whether the cross-channel mean is what keeps the paper's
+  spatial attention from finding the person.
+
 Coordinate convention: ``theta`` maps normalised output coordinates to normalised input coordinates,
 ``(x, y)`` in ``[-1, 1]`` with ``-1``/``1`` the outer edges of the map (``align_corners=False``).
 Region ``i`` with translation ``(tx, ty)`` and vertical scale ``s`` covers ``x in [tx-1, tx+1]`` and
@@ -32,6 +44,7 @@ from hareid.blocks import ConvBlock, channels_last_grad, grad_layout
 
 __all__ = [
     "REGION_SAMPLING_MODES",
+    "SOFT_MASKS",
     "ChannelAttn",
     "HardAttn",
     "HarmAttn",
@@ -89,30 +102,51 @@ class ChannelAttn(nn.Module):
         return self.conv2(self.conv1(c))  # (B, C, 1, 1)   Eq. (4)
 
 
+SOFT_MASKS = ("relu", "sigmoid", "temperature", "spatial")
+
+
 class SoftAttn(nn.Module):
     """Soft (pixel-level) attention, paper Eq. (1): ``A = sigmoid(ConvBlock1x1(S * C))``.
 
-    ``(B, C, H, W) -> (B, C, H, W)`` mask. ``S * C`` broadcasts ``(B, 1, H, W) * (B, C, 1, 1)``; the
-    1x1 ConvBlock lets channels and positions interact. Because ``S * C`` has rank 1 per image, the
-    1x1 convolution is computed as ``S * (W C) + b`` (:meth:`hareid.blocks.ConvBlock.forward_outer`):
-    same values, ~5 % of HA-CNN's FLOPs and one full-size tensor less. As in the paper's released code the
-    ConvBlock ends in a ReLU, so the mask is ``sigmoid(ReLU(.))`` and lies in ``[0.5, 1)``: it
-    re-weights features but never suppresses one by more than half.
+    ``(B, C, H, W) -> (B, C, H, W)`` mask (``mask="spatial"``: ``(B, 1, H, W)``, broadcast over
+    channels). ``S * C`` broadcasts ``(B, 1, H, W) * (B, C, 1, 1)``; the 1x1 ConvBlock lets channels
+    and positions interact. Because ``S * C`` has rank 1 per image, the 1x1 convolution is computed
+    as ``S * (W C) + b`` (:meth:`hareid.blocks.ConvBlock.forward_outer`): same values, ~5 % of HA-CNN's
+    FLOPs and one full-size tensor less. With ``mask="relu"`` (the default, as in the paper's released
+    code) the ConvBlock ends in a ReLU, so the mask is ``sigmoid(ReLU(.))`` and lies in ``[0.5, 1)``: it
+    re-weights features but never suppresses one by more than half. The other variants are listed
+    in the module docstring.
     """
 
-    def __init__(self, in_channels: int, reduction: int = 16) -> None:
+    def __init__(self, in_channels: int, reduction: int = 16, mask: str = "relu") -> None:
         super().__init__()
+        if mask not in SOFT_MASKS:
+            raise ValueError(f"soft_mask must be one of {SOFT_MASKS}, got {mask!r}")
+        if in_channels % reduction:
+            raise ValueError(f"SoftAttn: in_channels={in_channels} must be divisible by reduction={reduction}")
+        self.mask = mask
+        if mask == "spatial":
+            self.project = ConvBlock(in_channels, in_channels // reduction, 1)
+            self.where = ConvBlock(in_channels // reduction, 1, 3, p=1, act=False)
+            return
         self.spatial = SpatialAttn()
         self.channel = ChannelAttn(in_channels, reduction)
-        self.conv = ConvBlock(in_channels, in_channels, 1)
+        self.conv = ConvBlock(in_channels, in_channels, 1, act=mask == "relu")
+        if mask == "temperature":
+            self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask == "spatial":
+            return torch.sigmoid(self.where(self.project(x)))  # (B, 1, H, W) in (0, 1)
         s = self.spatial(x)  # (B, 1, H, W)
         c = self.channel(x).flatten(1)  # (B, C)
         # ConvBlock1x1(s * c) without building the rank-1 map s * c: s * (W c) + b (see forward_outer);
         # the mask comes out in x's layout (channels_last: the 1x1 output, `y * mask` and their backward)
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.conv.forward_outer(s, c, channels_last))  # (B, C, H, W) in [0.5, 1)
+        z = self.conv.forward_outer(s, c, channels_last)  # (B, C, H, W); >= 0 for "relu"
+        if self.mask == "temperature":
+            z = z * torch.exp(-self.log_temperature).to(z.dtype)
+        return torch.sigmoid(z)  # (B, C, H, W): [0.5, 1) for "relu", else (0, 1)
 
 
 def stripe_centres(num_regions: int) -> list[float]:
@@ -158,15 +192,17 @@ class HardAttn(nn.Module):
 class HarmAttn(nn.Module):
     """Harmonious attention of one stage: soft mask and hard-region translations.
 
-    ``(B, C, H, W) -> (mask (B, C, H, W) | None, translations (B, T, 2) | None)``; ``soft=False`` or
-    ``hard=False`` leaves that part out (``None``), for ablations.
+    ``(B, C, H, W) -> (mask (B, C | 1, H, W) | None, translations (B, T, 2) | None)``; ``soft=False``
+    or ``hard=False`` leaves that part out (``None``), for ablations; ``soft_mask`` picks the
+    :class:`SoftAttn` variant.
     """
 
     def __init__(
-        self, in_channels: int, num_regions: int = 4, soft: bool = True, hard: bool = True, reduction: int = 16
+        self, in_channels: int, num_regions: int = 4, soft: bool = True, hard: bool = True, reduction: int = 16,
+        soft_mask: str = "relu",
     ) -> None:
         super().__init__()
-        self.soft = SoftAttn(in_channels, reduction) if soft else None
+        self.soft = SoftAttn(in_channels, reduction, soft_mask) if soft else None
         self.hard = HardAttn(in_channels, num_regions) if hard else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -68,7 +68,7 @@ def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class ConvBlock(nn.Module):
-    """Conv2d (with bias) -> BatchNorm2d -> ReLU.
+    """Conv2d (with bias) -> BatchNorm2d -> ReLU (``act=False``: no ReLU).
 
     Shapes: ``(B, in_c, H, W) -> (B, out_c, H', W')`` with ``H' = (H + 2p - k) // s + 1``.
     Sub-modules are named ``conv`` and ``bn`` so BN folding for export can find the pairs.
@@ -80,26 +80,29 @@ class ConvBlock(nn.Module):
     (an ``nn.Identity``), run conv -> bn -> ReLU as written.
     """
 
-    def __init__(self, in_c: int, out_c: int, k: int = 1, s: int = 1, p: int = 0) -> None:
+    def __init__(self, in_c: int, out_c: int, k: int = 1, s: int = 1, p: int = 0, act: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_c, out_c, k, stride=s, padding=p, bias=True)
         self.bn = nn.BatchNorm2d(out_c)
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.conv, self.bn
         if self.training or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
-            return F.relu(bn(conv(x)), inplace=True)
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
-        weight = conv.weight * scale.view(-1, 1, 1, 1)  # (out_c, in_c, k, k)
-        bias = bn.bias - bn.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        return F.relu(conv._conv_forward(x, weight, bias), inplace=True)
+            y = bn(conv(x))
+        else:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
+            weight = conv.weight * scale.view(-1, 1, 1, 1)  # (out_c, in_c, k, k)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            y = conv._conv_forward(x, weight, bias)
+        return F.relu(y, inplace=True) if self.act else y
 
     def forward_outer(self, s: torch.Tensor, c: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
         """This 1x1 block applied to the rank-1 map ``s * c`` without building it.
 
-        ``s (B, 1, H, W)``, ``c (B, in_c)`` -> ``ReLU(BN(conv(s * c)))`` of shape ``(B, out_c, H, W)``.
+        ``s (B, 1, H, W)``, ``c (B, in_c)`` -> ``ReLU(BN(conv(s * c)))`` (no ReLU when ``act=False``) of shape ``(B, out_c, H, W)``.
         A 1x1 convolution of ``s[b, h, w] * c[b, i]`` is ``s[b, h, w] * (W c[b])[o] + bias[o]``: a
         ``(B, in_c) x (in_c, out_c)`` product and one multiply-add over the map replace the ``in_c x
         out_c`` convolution over every pixel (same values up to float rounding, forward and backward).
@@ -127,7 +130,7 @@ class ConvBlock(nn.Module):
             z = torch.addcmul(bias.view(1, out_c, 1, 1), s, v.view(b, out_c, 1, 1))  # (B, out_c, H, W)
         if not fold:
             z = bn(z)
-        return F.relu(z, inplace=True)
+        return F.relu(z, inplace=True) if self.act else z
 
 
 class AvgPool3x3(nn.Module):

@@ -36,22 +36,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     --data-root is used as it is, e.g. one written by `hareid synthetic`), trains the short
     ``hacnn_synthetic`` recipe, evaluates it and writes RUN/report/index.html. Prints Rank-1 and mAP
     next to the chance level (1 / number of test identities). Run again, it resumes an interrupted
-    demo (or just rewrites the report of a finished one); --overwrite starts afresh.
+    demo (or just rewrites the report of a finished one); --overwrite starts afresh. The synthetic
+    version is the recipe's ``data.options.version`` (e.g. ``data.options.version=2``), else
+    hareid's default.
     """
     from hareid.config import load_config
-    from hareid.data.synthetic import _is_complete, write_synthetic
+    from hareid.data.synthetic import DEFAULT_VERSION, _is_complete, default_root, write_synthetic
     from hareid.engine import Trainer
     from hareid.report import write_report
 
-    data_root = Path(args.data_root or DEFAULT_CACHE / "synthetic")
+    overrides = ["data.name=synthetic", f"output_dir={args.output}", f"train.seed={args.seed}", "train.resume=auto",
+                 *args.overrides]
+    cfg = load_config(args.config, overrides)
+    version = int(cfg.data.options.get("version", DEFAULT_VERSION))
+    data_root = Path(args.data_root) if args.data_root else default_root(version, args.seed, DEFAULT_CACHE)
     if args.data_root and _is_complete(data_root, None):  # an explicit, complete tree: reuse as is
         print(f"[hareid] synthetic benchmark (reused) -> {data_root}")
     else:
-        print(f"[hareid] synthetic benchmark -> {data_root}")
-        write_synthetic(data_root, seed=args.seed)
-    overrides = ["data.name=synthetic", f"data.root={data_root}", f"output_dir={args.output}",
-                 f"train.seed={args.seed}", "train.resume=auto", *args.overrides]
-    cfg = load_config(args.config, overrides)
+        print(f"[hareid] synthetic benchmark v{version} -> {data_root}")
+        write_synthetic(data_root, seed=args.seed, version=version)
+    cfg.data.root = str(data_root)
     trainer = Trainer(cfg, overwrite=args.overwrite)
     result = trainer.fit()
     if result["interrupted"]:
@@ -134,14 +138,20 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     One row per image: the input, the soft attention of each stage, and each stage's hard
     regions as boxes. Without IMAGES, query images of the checkpoint's own dataset are used.
+    With --compare CKPT ...: the soft attention of all the checkpoints side by side on one fixed
+    colour scale (mask value 0 blue ... 1 red), each titled by its run folder.
     """
     from hareid.api import load_images, load_model
-    from hareid.visualize import plot_attention
+    from hareid.visualize import plot_attention, plot_attention_compare
 
     model, info = load_model(args.checkpoint)
     paths = list(args.images) or _dataset_images(info, args.num_images)
     images = load_images(paths, info["height"], info["width"], info["mean"], info["std"])
-    out = plot_attention(model, images, Path(args.out))
+    if args.compare:
+        models = {_run_label(c): load_model(c)[0] for c in [args.checkpoint, *args.compare]}
+        out = plot_attention_compare(models, images, Path(args.out))
+    else:
+        out = plot_attention(model, images, Path(args.out))
     print(f"[hareid] attention picture ({len(paths)} images): {out}")
     return 0
 
@@ -285,17 +295,30 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     """Write the built-in synthetic pedestrian benchmark (Market-1501 layout, masks, part boxes).
 
-    Deterministic from --seed; an existing complete tree with the same parameters is reused.
+    Deterministic from --seed; an existing complete tree with the same parameters (version
+    included) is reused. --version 1: cartoon pedestrians, one background per camera; --version 2:
+    detector-like street crops (random street scenes, passers-by, misaligned boxes, occluders,
+    views, motion blur, JPEG; street clothing with small identity details).
     """
-    from hareid.data.synthetic import load_synthetic, save_sample_grid, write_synthetic
+    import time
 
+    from hareid.data.synthetic import (
+        DEFAULT_VERSION,
+        load_synthetic,
+        save_sample_grid,
+        write_synthetic,
+    )
+
+    version = args.version or DEFAULT_VERSION
+    t0 = time.perf_counter()
     root = write_synthetic(
         Path(args.root), seed=args.seed, num_train_ids=args.train_ids, num_test_ids=args.test_ids,
         images_per_id=args.images_per_id, num_cams=args.num_cams, height=args.height,
-        width=args.width, progress=not args.quiet,
+        width=args.width, progress=not args.quiet, version=version, workers=args.workers,
     )
+    seconds = time.perf_counter() - t0
     print(load_synthetic(root).summary())
-    print(f"[hareid] synthetic benchmark at {root}")
+    print(f"[hareid] synthetic benchmark v{version} at {root} ({seconds:.1f} s)")
     if args.grid:
         print(f"[hareid] sample grid: {save_sample_grid(root, args.grid)}")
     return 0
@@ -321,8 +344,12 @@ def cmd_attention_score(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Train attention variants with the same recipe, budget and seeds; print mean +- std.
 
-    Variants: none, soft, hard, full, no_cross (see hareid.ablation). Results are appended to
-    OUTPUT/results.jsonl as they finish, so an interrupted ablation resumes where it stopped.
+    Variants: none, soft, hard, full, no_cross (the default set), and the soft-mask variants
+    soft_sigmoid, full_sigmoid, full_temperature, soft_spatial, full_spatial (see hareid.ablation).
+    Trains on an existing synthetic tree (--data-root; write it with `hareid synthetic`), evaluates
+    every --curve-every epochs for learning curves. Results are appended to OUTPUT/results.jsonl as
+    they finish, so an interrupted ablation resumes where it stopped; OUTPUT/ablation.md,
+    ablation.png and ablation_curves.png hold the table and the plots.
     """
     from hareid.ablation import run_ablation
 
@@ -331,7 +358,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     variants = [v for v in given if "=" not in v] or None
     overrides = [*args.overrides, *(v for v in given if "=" in v)]
     table = run_ablation(Path(args.output), seeds=args.seeds, variants=variants,
-                         overrides=overrides, data_root=args.data_root, config=args.config)
+                         overrides=overrides, data_root=args.data_root, config=args.config,
+                         curve_every=args.curve_every)
     print(table)
     return 0
 
@@ -449,6 +477,12 @@ def _add_footage_options(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _run_label(checkpoint: str | Path) -> str:
+    """``RUN/checkpoints/best.pt`` -> ``RUN``'s name; any other file -> its stem."""
+    path = Path(checkpoint)
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
 def _dataset_images(info: dict, n: int) -> list[str]:
     """``n`` query images spread over the checkpoint's own dataset (for ``visualize``)."""
     from hareid.data import build_dataset
@@ -481,6 +515,7 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                         "hareid eval best.pt data/market1501 --protocol market1501_official --json m.json"]),
     "report": (cmd_report, ["hareid report runs/demo"]),
     "visualize": (cmd_visualize, ["hareid visualize runs/demo/checkpoints/best.pt --out attention.png",
+                                  "hareid visualize runs/a/checkpoints/best.pt --compare runs/b/checkpoints/best.pt",
                                   "hareid visualize best.pt a.jpg b.jpg --out attention.png"]),
     "export": (cmd_export, ["hareid export runs/demo/checkpoints/best.pt --format onnx",
                             "hareid export best.pt --format torchscript --out model.ts"]),
@@ -496,10 +531,11 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
     "datasets": (cmd_datasets, ["hareid datasets data/market1501",
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
+                                  "hareid synthetic data/synthetic-v2 --version 2 --grid grid.png",
                                   "hareid synthetic data/small --train-ids 20 --test-ids 20 --grid grid.png"]),
     "attention-score": (cmd_attention_score, ["hareid attention-score runs/demo"]),
-    "ablate": (cmd_ablate, ["hareid ablate --seeds 0 1 2",
-                            "hareid ablate --variants full none --seeds 0 train.epochs=3"]),
+    "ablate": (cmd_ablate, ["hareid ablate --data-root data/synthetic-v2 --seeds 0 1 2",
+                            "hareid ablate --variants full full_sigmoid --seeds 0 train.epochs=3"]),
     "tracklets": (cmd_tracklets, ["hareid tracklets street.mp4 --out data/street_tracklets",
                                   "hareid tracklets cam1.mp4 cam2.mp4 --out data/tracklets --start 0 --stop 3000",
                                   "hareid tracklets MOT17/train/MOT17-09-DPM --out data/mot09 --boxes det"]),
@@ -535,8 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", _OVERRIDES)
     sp.add_argument("--output", default="runs/demo", help="run folder")
     sp.add_argument("--data-root", default=None,
-                    help=f"where the synthetic set is cached (default: {DEFAULT_CACHE}/synthetic, "
-                         "or $HAREID_HOME/synthetic)")
+                    help=f"where the synthetic set is cached (default: {DEFAULT_CACHE}/synthetic-v<version>, "
+                         "$HAREID_HOME moves it)")
     sp.add_argument("--config", default="hacnn_synthetic", help="recipe name or YAML file")
     sp.add_argument("--seed", type=int, default=0, help="data and training seed")
     sp.add_argument("--overwrite", action="store_true",
@@ -584,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("images", nargs="*", help="image files (default: query images of the run's dataset)")
     sp.add_argument("--num-images", type=int, default=4, help="how many dataset images without IMAGES")
     sp.add_argument("--out", default="attention.png", help="PNG to write")
+    sp.add_argument("--compare", nargs="+", default=None, metavar="CKPT",
+                    help="more checkpoints: draw every model's soft attention side by side")
 
     sp = add("export")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
@@ -655,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-cams", type=int, default=6, help="cameras")
     sp.add_argument("--height", type=int, default=160, help="image height")
     sp.add_argument("--width", type=int, default=64, help="image width")
+    sp.add_argument("--version", type=int, default=None, choices=[1, 2],
+                    help="generator version (default: hareid's default, 1)")
+    sp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     sp.add_argument("--grid", default=None, help="also save a sample grid PNG here")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -664,11 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("ablate", _OVERRIDES)
     sp.add_argument("--output", default="runs/ablation", help="folder for the runs and the table")
-    sp.add_argument("--data-root", default=None, help="synthetic set cache (as for demo)")
+    sp.add_argument("--data-root", default=None,
+                    help="a synthetic tree written by `hareid synthetic` (default: the demo's cache)")
     sp.add_argument("--config", default="hacnn_synthetic", help="recipe name or YAML file")
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per variant")
     sp.add_argument("--variants", nargs="+", default=None,
-                    help="subset of none soft hard full no_cross (default: all)")
+                    help="variants to train (default: none soft hard full no_cross; also soft_sigmoid "
+                         "full_sigmoid full_temperature soft_spatial full_spatial)")
+    sp.add_argument("--curve-every", type=int, default=1,
+                    help="evaluate every N epochs for the learning curves (0: only at the end)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
     sp = add("tracklets")

@@ -47,6 +47,7 @@ __all__ = [
     "draw_regions",
     "load_tile",
     "plot_attention",
+    "plot_attention_compare",
     "plot_attention_stages",
     "plot_cmc",
     "plot_ranked_lists",
@@ -118,13 +119,15 @@ def attention_overlay(
     cmap: str = "jet",
     mean: Sequence[float] | None = IMAGENET_MEAN,
     std: Sequence[float] | None = IMAGENET_STD,
+    value_range: tuple[float, float] | None = None,
 ) -> Tensor:
     """Overlay a soft-attention mask on an image as a heatmap.
 
     Args:
         image: ``(3, H, W)`` model input (normalised float) or ``uint8`` image.
         mask: ``(C, h, w)``, ``(1, C, h, w)`` or ``(h, w)`` attention; averaged over channels,
-            bilinearly upsampled to ``(H, W)`` and min-max normalised.
+            bilinearly upsampled to ``(H, W)`` and min-max normalised (``value_range=(lo, hi)``:
+            mapped from that fixed range instead, so masks of different models compare).
         alpha: heatmap weight in the blend.
     Returns:
         ``uint8`` tensor ``(3, H, W)``.
@@ -139,8 +142,8 @@ def attention_overlay(
     if m.dim() != 2:
         raise ValueError(f"expected a mask (C, h, w) or (h, w), got shape {tuple(mask.shape)}")
     m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = float(m.min()), float(m.max())
-    m = (m - lo) / (hi - lo) if hi - lo > 1e-8 else torch.zeros_like(m)
+    lo, hi = value_range or (float(m.min()), float(m.max()))
+    m = ((m - lo) / (hi - lo)).clamp(0, 1) if hi - lo > 1e-8 else torch.zeros_like(m)
     heat = matplotlib.colormaps[cmap](m.numpy())[..., :3]
     heat_img = Image.fromarray((heat * 255).round().astype(np.uint8))
     return _from_pil(Image.blend(_to_pil(rgb), heat_img, alpha))
@@ -316,6 +319,49 @@ def plot_attention_stages(
         _show(axes[0, 1 + j], p["soft"][0][j], f"stage {j + 1}\nsoft attention")
         _show(axes[1, 1 + j], p["regions"][0][j], f"stage {j + 1}\nhard regions")
     fig.subplots_adjust(wspace=0.08, hspace=0.15)
+    return _save(fig, out_path, dpi)
+
+
+def plot_attention_compare(
+    models: Mapping[str, nn.Module],
+    images: Tensor,
+    out_path: str | os.PathLike,
+    *,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
+    dpi: int = 100,
+) -> Path:
+    """Soft attention of several models on the same images ``(B, 3, H, W)``, on one fixed colour
+    scale (mask value 0 = blue ... 1 = red, channel mean), so a mask confined to [0.5, 1) looks it.
+
+    Rows = images; columns = the input, then per model (in ``models`` order, titled by its key) the
+    soft attention of each stage. Writes a PNG and returns its path.
+    """
+    if images.dim() == 3:
+        images = images[None]
+    columns: list[tuple[str, list[Tensor]]] = []  # (title, one overlay per image)
+    for name, model in models.items():
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                soft = model.forward_attention(images.to(next(model.parameters()).device))["soft"]
+        finally:
+            model.train(was_training)
+        for s, m in enumerate(soft):
+            overlays = [attention_overlay(denormalize(images[i], mean, std), m[i], value_range=(0.0, 1.0))
+                        for i in range(images.shape[0])]
+            columns.append((f"{name}\nstage {s + 1}", overlays))
+    n = images.shape[0]
+    h, w = images.shape[-2:]
+    pw, ph = _panel_size(h, w)
+    fig = _figure((pw * (1 + len(columns)), ph * n + 0.3))
+    axes = fig.subplots(n, 1 + len(columns), squeeze=False)
+    for i in range(n):
+        _show(axes[i, 0], denormalize(images[i], mean, std), "input" if i == 0 else None)
+        for j, (title, overlays) in enumerate(columns):
+            _show(axes[i, 1 + j], overlays[i], title if i == 0 else None, fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return _save(fig, out_path, dpi)
 
 

@@ -36,7 +36,8 @@ Layouts read
     integers or names (numbered as for ``folder``); ``split`` is ``train``, ``query`` or ``gallery``;
     an optional ``tracklet`` column names each image's tracklet (``extras["tracklet"]``).
 ``synthetic``
-    The built-in benchmark (:mod:`hareid.data.synthetic`), written if absent, read as Market-1501.
+    The built-in benchmark (:mod:`hareid.data.synthetic`), read as Market-1501; never written here
+    (`hareid synthetic` writes it). Option: `version` (1 or 2), checked against the tree.
 ``tracklets``
     A folder written by ``hareid tracklets`` (``tracklets.json`` + crops): pseudo-identities from
     tracking, and the label-free time-gap protocol as query/gallery (:mod:`hareid.data.tracklets`).
@@ -320,13 +321,13 @@ def _build_tracklets(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
     return parse_tracklets(root, **kw)
 
 
-def _build_synthetic(root: str | os.PathLike, **kw: Any) -> ReIDDataset:
+def _build_synthetic(root: str | os.PathLike, version: int | None = None, **kw: Any) -> ReIDDataset:
     from hareid.data.synthetic import load_synthetic
 
     if kw:
-        raise DataError(f"{root}: the synthetic dataset takes no options ({sorted(kw)}); its parameters "
-                        "are chosen when it is written (`hareid synthetic ROOT --help`)")
-    return load_synthetic(root)
+        raise DataError(f"{root}: the synthetic dataset takes no options but `version` ({sorted(kw)}); its "
+                        "parameters are chosen when it is written (`hareid synthetic ROOT --help`)")
+    return load_synthetic(root, version)
 
 
 DATASETS: dict[str, Callable[..., ReIDDataset]] = {

@@ -45,6 +45,7 @@ from torch import nn
 
 from hareid.attention import (
     REGION_SAMPLING_MODES,
+    SOFT_MASKS,
     HarmAttn,
     sample_regions,
     stripe_centres,
@@ -84,6 +85,10 @@ class HarmNet(nn.Module):
         local_branch: build and run the local branch (off: global branch only, 512-d embedding).
         return_features: train mode also returns the features (for metric losses).
         soft_attn: apply the soft masks (off: the global features are not re-weighted).
+        soft_mask: the soft-mask variant, one of :data:`hareid.attention.SOFT_MASKS`: ``"relu"`` (the
+            released code's ``sigmoid(ReLU(.))``, default, torchreid-compatible), ``"sigmoid"``
+            (full range, paper Eq. 1), ``"temperature"`` (full range, learned temperature per
+            stage), ``"spatial"`` (one full-range map per stage shared by all channels).
         hard_attn: learn the region translations (off: fixed horizontal stripes).
         cross_attn: sample regions from the global stage inputs at every stage (off: only stage 1
             samples from the stem output; later local stages see no global features).
@@ -107,6 +112,7 @@ class HarmNet(nn.Module):
         local_branch: bool = True,
         return_features: bool = False,
         soft_attn: bool = True,
+        soft_mask: str = "relu",
         hard_attn: bool = True,
         cross_attn: bool = True,
         region_sampling: str = "direct",
@@ -114,6 +120,8 @@ class HarmNet(nn.Module):
         reduction: int = 16,
     ) -> None:
         super().__init__()
+        if soft_mask not in SOFT_MASKS:
+            raise ValueError(f"soft_mask must be one of {SOFT_MASKS}, got {soft_mask!r}")
         region_sampling = {"peer": "torchreid"}.get(region_sampling, region_sampling)  # pre-0.2 name
         if region_sampling not in REGION_SAMPLING_MODES:
             raise ValueError(f"region_sampling must be one of {REGION_SAMPLING_MODES}, got {region_sampling!r}")
@@ -127,6 +135,7 @@ class HarmNet(nn.Module):
         self.local_branch = local_branch
         self.return_features = return_features
         self.soft_attn, self.hard_attn, self.cross_attn = soft_attn, hard_attn, cross_attn
+        self.soft_mask = soft_mask
         self.region_sampling = region_sampling
         self.channels_last = channels_last
         self.input_halvings = input_halvings
@@ -137,7 +146,8 @@ class HarmNet(nn.Module):
         # hard attention is needed wherever regions are sampled: every stage, or stage 1 only
         needs_hard = [local_branch and hard_attn and (s == 0 or cross_attn) for s in range(3)]
         self.attn = nn.ModuleList(
-            HarmAttn(channels[s + 1], num_regions, soft=soft_attn, hard=needs_hard[s], reduction=reduction)
+            HarmAttn(channels[s + 1], num_regions, soft=soft_attn, hard=needs_hard[s], reduction=reduction,
+                     soft_mask=soft_mask)
             for s in range(3)
         )
         self.fc_global = nn.Sequential(nn.Linear(channels[3], feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU())
@@ -251,7 +261,7 @@ class HarmNet(nn.Module):
         return out
 
     def forward_attention(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        """Attention for visualisation: ``{"soft": [(B, C_s, H_s, W_s)] sigmoid masks per stage,
+        """Attention for visualisation: ``{"soft": [(B, C_s | 1, H_s, W_s)] sigmoid masks per stage,
         "translations": [(B, T, 2)] (tx, ty) per stage that samples regions}``."""
         record: dict[str, list[torch.Tensor]] = {"soft": [], "translations": []}
         self._run(x, record)

@@ -50,7 +50,7 @@ class HACNN(HarmNet):
         num_classes: training identities.
         channels: stage widths (each divisible by 16 for ChannelAttn and by 4 for Inception).
         **options: ``num_regions``, ``feature_dim``, ``local_branch``, ``return_features``,
-            ``soft_attn``, ``hard_attn``, ``cross_attn``, ``region_sampling``, ``channels_last``.
+            ``soft_attn``, ``soft_mask``, ``hard_attn``, ``cross_attn``, ``region_sampling``, ``channels_last``.
     """
 
     def __init__(self, num_classes: int, channels: tuple[int, int, int] = (128, 256, 384), **options) -> None:
