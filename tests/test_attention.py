@@ -111,6 +111,9 @@ def test_soft_attn_rank1_conv_equals_explicit_map(train: bool, channels_last: bo
     (ref * w).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
     for (name, p), q in zip(sa.named_parameters(), twin.parameters()):
+        if train and name.endswith("conv.bias"):  # a bias right before batch-statistics BN: grad is 0 up to rounding
+            assert p.grad.abs().max() < 1e-3 and q.grad.abs().max() < 1e-3, name
+            continue
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 

@@ -63,6 +63,22 @@ def test_fp32_equals_eager_any_size(hacnn: nn.Module, size: tuple[int, int]) -> 
     torch.testing.assert_close(out, _ref(hacnn, x), atol=FP32_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("mask", ["sigmoid", "temperature", "spatial"])
+def test_fp32_equals_eager_every_soft_mask(mask: str) -> None:
+    """The inference graph follows the model's soft-mask variant (no ReLU floor for the full-range
+    masks, the learned temperature folded into the mix weights, the spatial head run as trained)."""
+    torch.manual_seed(0)
+    model = trained_like(build_model("hacnn", num_classes=11, soft_mask=mask))
+    if mask == "temperature":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("log_temperature"):
+                    p.fill_(0.7)
+    x = torch.randn(2, 3, 160, 64)
+    out = optimize_for_inference(model, dtype=torch.float32)(x)
+    torch.testing.assert_close(out, _ref(model, x), atol=FP32_ATOL, rtol=0)
+
+
 def test_bf16_close_to_eager_and_to_autocast(hacnn: nn.Module) -> None:
     x = torch.randn(4, 3, 160, 64)
     ref = _ref(hacnn, x)

@@ -272,7 +272,7 @@ class HarmAttnInfer(nn.Module):
     """Inference form of :class:`hareid.attention.HarmAttn`, applied: ``y -> (y * mask, translations)``.
 
     ``y (B, C, H, W)`` is re-weighted in place. One global average pool (float32) feeds both the
-    channel attention and the hard attention. The soft mask is
+    channel attention and the hard attention. The soft mask is (default ``relu`` variant)
     ``sigmoid(ReLU(Wc (s * c) + bc))`` with ``s (B, 1, H, W)`` the spatial and ``c (B, C)`` the
     channel attention; since ``Wc`` is a 1x1 conv on a rank-1 map, ``Wc (s * c) = s * (Wc c)``:
     one ``(B, C) x (C, C)`` product and one fused multiply-add over the map replace the convolution.
@@ -283,7 +283,11 @@ class HarmAttnInfer(nn.Module):
         super().__init__()
         self.soft = attn.soft is not None
         self.hard = attn.hard is not None
-        if self.soft:
+        # soft-mask variant (hareid.attention.SOFT_MASKS): "relu" sigmoid(ReLU(z)), "sigmoid" sigmoid(z),
+        # "temperature" sigmoid(z / T) with 1/T folded into the mix weights, "spatial" run as is
+        self.mask_kind = getattr(attn.soft, "mask", "relu") if self.soft else "relu"
+        self.soft_module = attn.soft if self.mask_kind == "spatial" else None
+        if self.soft and self.soft_module is None:
             sp, ch = attn.soft.spatial, attn.soft.channel
             self.register_buffer("sp1_w", sp.conv1.conv.weight.detach().float().contiguous())
             self.register_buffer("sp1_b", sp.conv1.conv.bias.detach().float())
@@ -294,6 +298,10 @@ class HarmAttnInfer(nn.Module):
                 w, b = _vec(block.conv)
                 self.register_buffer(f"{name}_w", w)
                 self.register_buffer(f"{name}_b", b)
+            if self.mask_kind == "temperature":
+                inv_t = torch.exp(-attn.soft.log_temperature.detach().float())
+                self.mix_w.mul_(inv_t)
+                self.mix_b.mul_(inv_t)
         if self.hard:
             self.num_regions = attn.hard.num_regions
             self.register_buffer("hard_w", attn.hard.fc.weight.detach().float())
@@ -307,6 +315,8 @@ class HarmAttnInfer(nn.Module):
             t = torch.tanh(F.linear(pooled, self.hard_w, self.hard_b)).view(b, self.num_regions, 2)  # (B, T, 2)
         if not self.soft:
             return y, t
+        if self.soft_module is not None:  # "spatial": a small conv head, run in float32 as trained
+            return y.mul_(self.soft_module(y.float()).to(y.dtype)), t
         s = y.mean(dim=1, keepdim=True, dtype=torch.float32)  # (B, 1, H, W)   Eq. (2)
         s = F.relu(F.conv2d(s, self.sp1_w, self.sp1_b, *self.sp1_args))  # (B, 1, H/2, W/2)
         s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=True)  # (B, 1, H, W)
@@ -319,7 +329,9 @@ class HarmAttnInfer(nn.Module):
             mask = torch.addcmul(bias.view(1, 1, 1, c), s.view(b, h, w, 1), v.view(b, 1, 1, c)).permute(0, 3, 1, 2)
         else:
             mask = torch.addcmul(bias.view(1, c, 1, 1), s, v.view(b, c, 1, 1))  # (B, C, H, W)
-        return y.mul_(mask.relu_().sigmoid_()), t
+        if self.mask_kind == "relu":
+            mask = mask.relu_()
+        return y.mul_(mask.sigmoid_()), t
 
 
 def _tent(p: torch.Tensor, n: int) -> torch.Tensor:
