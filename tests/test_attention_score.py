@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hareid.ablation import VARIANTS, format_ablation
+from hareid.ablation import DEFAULT_VARIANTS, VARIANTS, format_ablation
 from hareid.attention_score import _box_mask, score_model
 
 
@@ -54,7 +54,7 @@ def test_ablation_table_mean_and_sample_std():
             for s, (r, m) in enumerate([(0.5, 0.3), (0.7, 0.5)])]
     table = format_ablation(rows)
     assert "| full | 2 | 60.0 ± 14.1 | 40.0 ± 14.1 |" in table
-    assert set(VARIANTS) == {"none", "soft", "hard", "full", "no_cross"}
+    assert set(DEFAULT_VARIANTS) == {"none", "soft", "hard", "full", "no_cross"} and set(DEFAULT_VARIANTS) < set(VARIANTS)
 
 
 def test_constant_soft_map_scores_as_uniform():

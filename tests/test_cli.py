@@ -224,7 +224,7 @@ def test_ablate_records_curves_and_resumes(tiny: Tiny, tmp_path: Path, capsys) -
         assert [c["epoch"] for c in r["curve"]] == [1, 2] and r["epochs"] == 2
         assert r["curve"][-1]["mAP"] == pytest.approx(r["mAP"]) and r["curve"][-1]["rank1"] == pytest.approx(r["rank1"])
     cfg = yaml.safe_load((out_dir / "full_sigmoid_seed0" / "config.yaml").read_text())
-    assert cfg["model"]["soft_mask"] == "sigmoid" and cfg["model"]["local_branch"] is True
+    assert cfg["model"]["options"]["soft_mask"] == "sigmoid" and cfg["model"]["options"]["local_branch"] is True
     assert (out_dir / "ablation_curves.png").is_file() and (out_dir / "ablation.png").is_file()
     rc, again, _ = run(capsys, *argv)  # everything done: nothing is trained again, same table
     table = [line for line in out.splitlines() if line.startswith("|")]

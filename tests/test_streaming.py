@@ -124,7 +124,7 @@ def test_blocks_are_the_rows_of_pairwise_distance():
                                                       (91 * 4, 4))  # not contiguous: copied in
         np.testing.assert_array_equal(pairwise_distance(qf, gf, metric, out=memmap_like),
                                       pairwise_distance(qf, gf, metric))
-    assert block_rows(82161) * 82161 * 4 <= 64 * 2**20 and block_rows(10**9) == 1
+    assert block_rows(82161) * 82161 * 4 <= 256 * 2**20 and block_rows(10**9) == 1
 
 
 def test_chunk_rows_bound_every_block(monkeypatch):

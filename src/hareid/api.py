@@ -16,6 +16,7 @@ the simpler entry point; :func:`embed` here is the same forward with the evaluat
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -250,14 +251,29 @@ def build_gallery_index(checkpoint: PathLike, root: PathLike, dataset: str | Non
 
 
 def search_images(checkpoint: PathLike, index_dir: PathLike, images: Sequence[PathLike],
-                  k: int = 10, filter: Any = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+                  k: int = 10, filter: Any = None,
+                  skip_bad_images: bool = False) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index.
 
     ``index_dir``: a FAISS index folder, a milvus-lite ``.db`` or a Milvus URI;
-    ``filter``: an optional :class:`hareid.index.Filter` (camera, time range, source).
+    ``filter``: an optional :class:`hareid.index.Filter` (camera, time range, source);
+    ``skip_bad_images``: drop unreadable query images with a ``RuntimeWarning`` naming each
+    (else the first one is a :class:`DataError`).
     """
+    from hareid.data.loader import read_image
     from hareid.index import open_index
 
+    if skip_bad_images:
+        readable = []
+        for p in images:
+            try:
+                read_image(str(p))
+                readable.append(p)
+            except DataError as e:
+                warnings.warn(f"{e}; skipped", RuntimeWarning, stacklevel=2)
+        if not readable:
+            raise DataError("no readable query image left; pass readable image files")
+        images = readable
     with open_index(index_dir, read_only=True) as index:  # a bad index fails before the model loads
         model, info = load_model(checkpoint)
         feats = embed(model, list(images), info)

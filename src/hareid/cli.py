@@ -219,7 +219,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     flt = Filter(cameras=args.camera, time_min=args.time_min, time_max=args.time_max,
                  sources=args.source)
     for query, hits in search_images(args.checkpoint, args.index, args.images, k=args.k,
-                                     filter=None if flt.empty else flt):
+                                     filter=None if flt.empty else flt,
+                                     skip_bad_images=args.skip_bad_images):
         print(query)
         for rank, (path, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:7.4f}  {path}")
@@ -649,8 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantisers (bytes per vector)")
     sp.add_argument("--ivf", type=int, default=0, help="same as --kind ivf --nlist N (0: off)")
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
-    sp.add_argument("--batch-size", type=int, default=64, help="images per forward pass and per commit")
-    sp.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
+    sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass and per commit")
+    sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes per rank")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("search")
@@ -662,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-min", type=float, default=None, help="only items at or after this time")
     sp.add_argument("--time-max", type=float, default=None, help="only items at or before this time")
     sp.add_argument("--source", action="append", default=None, help="only this source (repeatable)")
+    sp.add_argument("--skip-bad-images", action="store_true", help="drop unreadable query images (listed as warnings)")
 
     sp = add("serve")
     sp.add_argument("checkpoint", help="the checkpoint the gallery is (or will be) indexed with")

@@ -15,7 +15,7 @@ The GEMM folds the norms in: squared euclidean ``|q|^2 + |g|^2 - 2 q.g`` is
 Peak memory of :func:`pairwise_distance` = the output (``num_q * num_g * 4`` bytes, written in
 place, may be a ``np.memmap``) + the augmented gallery (``num_g * (D + 2) * 4``) beside the
 caller's features; Market-1501 (3368 x 15913, 1024-d): 204 MiB + 62 MiB (+ 75 MiB of features).
-Blocks are ~64 MiB of rows (:func:`block_rows`); on CUDA each block is computed on the GPU and
+Blocks are ~256 MiB of rows (:func:`block_rows`); on CUDA each block is computed on the GPU and
 copied to the output.
 """
 
@@ -32,7 +32,7 @@ _BLOCK_BYTES = 256 * 2**20  # GEMM output per block of query rows
 
 
 def block_rows(num_g: int) -> int:
-    """Query rows per GEMM call (~64 MiB of float32 output): the grid shared by every caller."""
+    """Query rows per GEMM call (~256 MiB of float32 output): the grid shared by every caller."""
     return max(1, _BLOCK_BYTES // max(1, 4 * num_g))
 
 

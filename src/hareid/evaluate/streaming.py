@@ -10,7 +10,7 @@ tie and therefore every metric equals ``evaluate_rank(pairwise_distance(qf, gf),
 for every protocol (cuhk03 draws its samples in the same query order).
 
 Memory beyond the features: the augmented gallery (``G * (D + 2) * 4`` bytes), one block
-(``chunk_rows * G * 4``, ~64 MiB by default) and the scorer's per-thread chunks (~16 MiB each)
+(``chunk_rows * G * 4``, ~256 MiB by default) and the scorer's per-thread chunks (~16 MiB each)
 plus O(number of same-identity pairs). MSMT17 size (11659 x 82161, 1024-d): the full matrix
 would be 3.6 GiB; streamed, the evaluation holds ~0.5 GiB beside the features.
 
