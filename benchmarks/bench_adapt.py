@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_footage import cpu_model
+from _machine import cpu_model
 
 from hareid.engine.adapt import adapt
 from hareid.footage import ExtractConfig, open_footage

@@ -16,20 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _machine import cpu_model
 
 
 def _ms(values: list[float]) -> str:
@@ -63,7 +53,7 @@ def main() -> None:
             s = json.loads(path.read_text())
             scores.setdefault(v, []).append(s)
             share.append(s["trained"]["mask_share"])
-    print(f"CPU: {_cpu()}; {a.num_images} query/gallery images per run; person share of the image "
+    print(f"CPU: {cpu_model()}; {a.num_images} query/gallery images per run; person share of the image "
           f"{np.mean(share):.3f}\n")
     print("| variant | seeds | model | soft contrast_lift s1 / s2 / s3 | soft lift s1 / s2 / s3 | "
           "hard on_person s1 / s2 / s3 |")

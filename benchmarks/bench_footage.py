@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model
 
 from hareid.data import build_dataset
 from hareid.engine.adapt import adapt, recompute_batchnorm
@@ -54,14 +54,6 @@ VARIANTS = {
 }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def tracklets(video: str, out: Path, start: int, stop: int, rerun: bool) -> Path:

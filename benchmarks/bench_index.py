@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -35,20 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model
 
 from hareid.index import FaissIndex, Filter, MilvusIndex
 
 CAMERAS = 10
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x {os.cpu_count()} cores"
 
 
 def rss_mib() -> float:

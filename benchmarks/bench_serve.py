@@ -33,16 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
+from _machine import cpu_model
 
 
 def rss_mib(pid: int) -> float:

@@ -296,9 +296,9 @@ def sample_regions(
     if channels_last:
         # NCHW (B, C, T*h, w) -> channels_last, whose memory (B, T*h, w, C) == (B, T, h, w, C) is
         # exactly a channels_last (B*T, C, h, w): the reshapes below are views. Cast first (a
-        # contiguous, vectorised pass), then transpose in the narrower dtype: measured 2x faster
-        # than one fused cast+transpose copy, ~3x faster than a 5-D permute(...).contiguous().
-        # grad_layout: grid_sample's backward is ~25% faster with an NCHW gradient, so the gradient
+        # contiguous, vectorised pass), then transpose in the narrower dtype: cheaper than one fused
+        # cast+transpose copy or a 5-D permute(...).contiguous() (see benchmarks/_model_profile.py).
+        # grad_layout: grid_sample's backward is faster with an NCHW gradient, so the gradient
         # is transposed back here, in x's (narrower) dtype, before the cast to float32.
         out = grad_layout(out.to(x.dtype), torch.contiguous_format)
         out = out.contiguous(memory_format=torch.channels_last)  # (B, C, T*h, w)

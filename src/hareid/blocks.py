@@ -58,8 +58,7 @@ def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
     The backward of spatial/channel means (``x.mean(dim=...)``) and of ``grid_sample`` produces
     NCHW-contiguous gradients even for a channels_last ``x``. Summed with the channels_last gradients
     of the convolutions, and fed to ReLU backward, such mixed layouts take PyTorch's slow strided
-    paths (measured on this CPU, bf16: ReLU backward 12 ms instead of 0.5 ms on a 2.6M-element map,
-    a mixed-layout add 2.1 ms instead of 0.4 ms). Wrapping the input of those consumers converts their
+    paths (several times slower; `benchmarks/_model_profile.py --profile` shows them). Wrapping the input of those consumers converts their
     summed gradient once (one copy). A no-op unless ``x`` is channels_last (and see :func:`grad_layout`).
     """
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
@@ -138,8 +137,8 @@ class AvgPool3x3(nn.Module):
     depthwise convolution with a ones kernel, then ``* 1/9``: ``(B, C, H, W) -> (B, C, H, W)``.
 
     Same values (up to float rounding; the kernel of ones is exact in bfloat16, unlike 1/9), but
-    oneDNN's depthwise convolution is ~10x faster than PyTorch's CPU average pooling in bfloat16
-    channels_last, forward and backward (measured: 1.0 vs 10.1 ms fwd+bwd on (32, 32, 80, 32)).
+    oneDNN's depthwise convolution is much faster than PyTorch's CPU average pooling in bfloat16
+    channels_last, forward and backward (timed by ``benchmarks/_model_profile.py``).
     The kernel is a non-persistent buffer: state_dicts are unchanged.
     """
 

@@ -26,8 +26,8 @@ def build_optimizer(params: nn.Module | Iterable[torch.Tensor], cfg: OptimConfig
     """Adam, AMSGrad (Adam with ``amsgrad=True``) or SGD with momentum over trainable parameters.
 
     Uses PyTorch's fused implementation (one kernel over all parameters) where it exists for the
-    parameters' device (CPU, CUDA), else the default one: same update rule, and a step over HA-CNN's
-    310 parameter tensors takes 8 ms instead of 23 ms on one CPU core (measured). State dicts are
+    parameters' device (CPU, CUDA), else the default one: same update rule, one pass over HA-CNN's
+    310 parameter tensors instead of one per tensor (``benchmarks/bench_model.py`` times it). State dicts are
     interchangeable between implementations, so checkpoints resume either way.
     """
     if isinstance(params, nn.Module):

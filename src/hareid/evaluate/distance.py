@@ -31,6 +31,13 @@ METRICS = ("euclidean", "cosine")
 _BLOCK_BYTES = 256 * 2**20  # GEMM output per block of query rows
 
 
+def as_f32(x: Any) -> np.ndarray:
+    """A C-contiguous float32 numpy array from a tensor (any device) or array-like."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
 def block_rows(num_g: int) -> int:
     """Query rows per GEMM call (~256 MiB of float32 output): the grid shared by every caller."""
     return max(1, _BLOCK_BYTES // max(1, 4 * num_g))

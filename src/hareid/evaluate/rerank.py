@@ -40,7 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from hareid.evaluate.distance import METRICS, DistanceBlocks, _as_tensor, _norms, features_device
+from hareid.evaluate.distance import (
+    METRICS,
+    DistanceBlocks,
+    _as_tensor,
+    _norms,
+    as_f32,
+    features_device,
+)
 from hareid.progress import progress as progress_bar
 
 _CHUNK_BYTES = 32 * 2**20
@@ -49,12 +56,6 @@ _PAIR_BATCH = 8192  # feature pairs whose distance is computed at once
 
 Blocks = Iterable[tuple[int, int, Any]]  # (r0, r1, squared joint rows r0..r1) in row order
 PairValues = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def _f32(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
 
 
 def _check_params(k1: int, k2: int, lambda_value: float) -> None:
@@ -184,7 +185,7 @@ class _Jaccard:
 
     def rows(self, r0: int, r1: int, q_g_rows: Any) -> np.ndarray:
         """Re-ranked (r1 - r0, G) float32 from the original q_g distances of those rows."""
-        qg = _f32(q_g_rows)
+        qg = as_f32(q_g_rows)
         G = self.num_g
         if qg.shape != (r1 - r0, G):
             raise ValueError(f"q_g rows must be {(r1 - r0, G)}, got {qg.shape}")
@@ -268,7 +269,7 @@ def re_ranking(
     chunk_rows: int | None = None,
 ) -> np.ndarray:
     """Re-ranked (Q, G) float32 distances from q_g (Q, G), q_q (Q, Q) and g_g (G, G) distances."""
-    qg, qq, gg = _f32(q_g_dist), _f32(q_q_dist), _f32(g_g_dist)
+    qg, qq, gg = as_f32(q_g_dist), as_f32(q_q_dist), as_f32(g_g_dist)
     Q, G = qg.shape
     if qq.shape != (Q, Q) or gg.shape != (G, G):
         raise ValueError(f"expected q_q {(Q, Q)} and g_g {(G, G)}, got {qq.shape}, {gg.shape}")

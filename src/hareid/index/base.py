@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hareid.errors import HareidError
+from hareid.evaluate.distance import as_f32
 
 #: Longest accepted text fields (Milvus VARCHAR limits; the FAISS backend checks the same).
 MAX_PATH, MAX_CAMERA, MAX_SOURCE = 4096, 256, 1024
@@ -171,13 +172,6 @@ def camid(camera: str) -> int:
         return int(camera)
     except ValueError:
         return -1
-
-
-def as_f32(x: Any) -> np.ndarray:
-    """A C-contiguous float32 numpy array from a tensor or array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
