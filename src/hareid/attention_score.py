@@ -119,7 +119,7 @@ def score_model(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
         cover = (union * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1)
         on_person = (union * masks).flatten(1).sum(1) / union.flatten(1).sum(1).clamp(min=1)
         per_region = []
-        for r in range(boxes.shape[1]):
+        for r in range(boxes.shape[1] if names else 0):  # part boxes: synthetic data only
             ious = torch.stack([
                 torch.tensor([float(_iou(boxes[n, r], p[k])) if k in p else 0.0 for n, p in enumerate(parts)])
                 for k in names
