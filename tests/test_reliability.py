@@ -885,3 +885,23 @@ def test_13_an_os_system_pickle_names_the_global_and_runs_nothing(tiny: Tiny, tm
         assert rc == 2 and f"{path}: cannot be loaded safely" in line
         assert f"pickles {os.system.__module__}.system" in line and "could run code" in line
     assert not marker.exists()
+
+
+def test_04b_a_script_holding_live_loader_workers_exits(tiny: Tiny, tmp_path: Path) -> None:
+    """Workers ignore SIGTERM (case 4), so multiprocessing's exit handler (terminate, then join)
+    would wait forever on workers a script still references at exit (a live iterator, or a
+    Trainer's persistent workers in its globals): the exit hook ends them first."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        from hareid.data import build_dataset
+        from hareid.data.loader import build_eval_loaders
+
+        ds = build_dataset("synthetic", {str(tiny.data)!r}, verbose=False)
+        query, gallery = build_eval_loaders(ds, 32, 16, batch_size=2, workers=2)
+        it = iter(query)
+        next(it)  # two workers alive, the iterator referenced until the interpreter exits
+        print("end of script", flush=True)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 0 and "end of script" in proc.stdout, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr

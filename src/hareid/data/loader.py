@@ -16,10 +16,16 @@ before its pixels are decoded (a small file can declare a huge image).
 
 DataLoader workers ignore SIGINT/SIGTERM: a signal sent to the whole process group (Ctrl-C,
 ``timeout``, Slurm) reaches the main process, which stops cleanly and shuts the workers down.
+Because they ignore SIGTERM, workers still running when the interpreter exits (an iterator or a
+persistent-worker loader still referenced, e.g. a ``Trainer`` held in a script's globals) would
+make multiprocessing's exit handler (``terminate()`` then ``join()``) wait forever; an exit hook
+registered with the first worker ends them with SIGKILL first.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 import warnings
 from collections import defaultdict
@@ -122,6 +128,32 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _kill_leftover_workers() -> None:
+    """Exit hook: SIGKILL the daemon children (DataLoader workers) still alive, since they ignore
+    the SIGTERM that multiprocessing's own exit handler would send before joining them."""
+    leftover = [proc for proc in multiprocessing.active_children() if proc.daemon]
+    if not leftover:
+        return
+    if hasattr(signal, "SIGCHLD"):  # torch's handler would report the killed workers as failures
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for proc in leftover:
+        proc.kill()
+    for proc in leftover:
+        proc.join(timeout=5)
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def worker_options(workers: int) -> dict[str, Any]:
+    """DataLoader keywords for ``workers`` processes (signals left to the main process, exit hook)."""
+    if workers > 0 and not _EXIT_HOOK:
+        # registered after multiprocessing's exit handler (imported with torch): atexit runs it first
+        atexit.register(_kill_leftover_workers)
+        _EXIT_HOOK.append(True)
+    return {"num_workers": workers, "worker_init_fn": _ignore_stop_signals if workers > 0 else None}
+
+
 class ImageDataset(Dataset):
     """Records -> ``(image Tensor[3,H,W] float, pid, camid, path)``.
 
@@ -213,9 +245,7 @@ def build_loaders(
     """
     train_tf, eval_tf = build_transforms(height, width, **transform_kw)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin,
-                              "persistent_workers": workers > 0,
-                              "worker_init_fn": _ignore_stop_signals if workers > 0 else None}
+    common: dict[str, Any] = {"pin_memory": pin, "persistent_workers": workers > 0, **worker_options(workers)}
     if workers > 0:
         common["prefetch_factor"] = 4
     gen = torch.Generator().manual_seed(seed * 1000 + rank)  # distinct augmentation per rank
@@ -251,6 +281,5 @@ def build_eval_loaders(
         raise DataError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     _, eval_tf = build_transforms(height, width, **kw)
-    common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available(),
-                              "worker_init_fn": _ignore_stop_signals if workers > 0 else None}
+    common: dict[str, Any] = {"pin_memory": torch.cuda.is_available(), **worker_options(workers)}
     return _eval_loaders(dataset, eval_tf, batch_size, skip_bad_images, DEFAULT_DECODER, common)

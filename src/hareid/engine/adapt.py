@@ -450,7 +450,9 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     sampler = TrackletSampler(rec_labels, times, id_co, spans, d.batch_size, d.num_instances,
                               seed=cfg.train.seed, mode=opts.sampler, spread=opts.spread,
                               num_batches=opts.iters_per_epoch)
-    common: dict[str, Any] = {"num_workers": d.workers, "persistent_workers": d.workers > 0}
+    from hareid.data.loader import worker_options
+
+    common: dict[str, Any] = {"persistent_workers": d.workers > 0, **worker_options(d.workers)}
     train_loader = DataLoader(ImageDataset(records, train_tf), batch_size=sampler.p * sampler.k,
                               sampler=sampler, drop_last=True,
                               generator=torch.Generator().manual_seed(cfg.train.seed), **common)
