@@ -142,3 +142,23 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch) -> None:
     with pytest.raises(HareidError, match=r"hareid\[onnx\]") as err:
         quantize_int8(build_model("hacnn", num_classes=3), torch.randn(2, 3, *SIZE))
     assert "\n" not in str(err.value)
+
+
+def test_a_saved_int8_file_runs_in_the_embedder(setup, tmp_path: Path) -> None:
+    """`Int8Model.save` writes a plain .onnx that `hareid.Embedder` reads like any export: input size
+    and normalisation from the file, unit rows close to the float model's Embedder."""
+    import numpy as np
+
+    from hareid import Embedder
+
+    model, q, _ = setup
+    path = tmp_path / "model.int8.onnx"
+    q.save(path)
+    emb = Embedder(path)
+    assert emb.input_size == SIZE
+    crops = [np.random.default_rng(i).integers(0, 256, (120, 50, 3), dtype=np.uint8) for i in range(4)]
+    ref = Embedder(model, info={"height": SIZE[0], "width": SIZE[1]}).embed(crops)
+    got = emb.embed(crops)
+    assert got.shape == ref.shape == (4, 1024)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * ref).sum(1).min()) >= 0.98

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from hareid.errors import HareidError
+from hareid.export import METADATA_KEY, export_metadata
 
 __all__ = ["QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "load_int8", "quantize_int8"]
 
@@ -245,6 +247,8 @@ def quantize_int8(
     for key, value in (("height", h), ("width", w), ("embed_dim", inference.embed_dim), ("format", "int8-qdq")):
         entry = q.metadata_props.add()
         entry.key, entry.value = _META + key, str(value)
+    entry = q.metadata_props.add()  # what every hareid export carries: hareid.Embedder reads the file like one
+    entry.key, entry.value = METADATA_KEY, json.dumps({**export_metadata(model, h, w), "format": "int8-qdq"})
     buf = io.BytesIO()
     onnx.save(q, buf)
     return Int8Model(buf.getvalue(), threads=threads)
