@@ -61,6 +61,8 @@ def test_overrides_are_coerced_to_field_types() -> None:
     (["model.soft_attn=maybe"], "model.soft_attn: expected bool"),
     (["model.name=resnet18_harm", "model.channels=[64,128,192]"], "unknown option 'model.channels' for model 'resnet18_harm'"),
     (["model.name=hacn"], "unknown model 'hacn'"),
+    (["model.soft_mask=softmax"], "model.soft_mask: must be one of relu, sigmoid, temperature, spatial"),
+    (["model.region_sampling=bicubic"], "model.region_sampling: must be one of direct, torchreid"),
 ])
 def test_bad_overrides_give_one_line(override: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError) as err:

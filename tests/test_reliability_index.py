@@ -18,24 +18,12 @@ describe the behaviour the rewrite must have and run once ``hareid.index`` is th
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 from _tiny import Tiny, get_tiny
 from test_reliability import _png_header_only, cli, error_line, truncate
-
-
-def _index_is_a_package() -> bool:
-    spec = importlib.util.find_spec("hareid.index")
-    return spec is not None and spec.submodule_search_locations is not None
-
-
-pytestmark = [
-    pytest.mark.skipif(not _index_is_a_package(),
-                       reason="enable after the vecdb merge: hareid.index becomes a package (FAISS+SQLite, Milvus)"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +119,13 @@ def test_search_refuses_a_decompression_bomb(tiny: Tiny, tmp_path: Path, capsys)
     rc, _, err = cli(capsys, "search", tiny.checkpoint, tmp_path / "index", bomb)
     line = error_line(err)
     assert rc == 2 and f"{bomb}: declares more than" in line
+
+
+def test_a_csv_time_that_is_not_finite_is_one_line_naming_the_row(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    gallery = sorted((tiny.data / "bounding_box_test").glob("*.jpg"))[:3]
+    meta = tmp_path / "meta.csv"
+    meta.write_text("path,camera,time\n" + "".join(f"{p},{i},{t}\n" for i, (p, t) in enumerate(zip(gallery, ["1", "inf", "3"]))))
+    rc, _, err = cli(capsys, "index", tiny.checkpoint, tmp_path, "--meta", meta, "--out", tmp_path / "index")
+    line = error_line(err)
+    assert rc == 2 and f"{meta}:3" in line and "not finite" in line
+    assert not (tmp_path / "index").exists()

@@ -161,6 +161,26 @@ def test_add_is_searchable_at_once_then_delete(served, tiny: Tiny) -> None:
     assert len(index) == n
 
 
+def test_values_the_database_cannot_hold_are_a_4xx_and_leave_no_file(served, tiny: Tiny) -> None:
+    """A non-finite time, a pid or an id beyond 64 bits and a deeply nested embedding: each a 422
+    with a message (never a 500), no stored upload left behind, the index unchanged."""
+    app, client, tmp = served
+    index = app.state.gallery.index
+    n, uploads = len(index), sorted((tmp / "uploads").iterdir())
+    image = tiny.images("query")[6]
+    for data, word in (({"time": "inf"}, "finite"), ({"pid": str(2**70)}, "64 bits")):
+        r = client.post("/gallery", files=[("images", (image.name, jpeg(image), "image/jpeg"))], data=data)
+        assert r.status_code == 422 and word in r.json()["detail"], r.text
+    assert len(index) == n and sorted((tmp / "uploads").iterdir()) == uploads
+    assert client.post("/search", data={"gallery_id": str(2**70)}).status_code == 422
+    for route in (f"/gallery/{2**70}", f"/gallery/{2**70}/image", f"/gallery/{2**70}/attention.png"):
+        assert client.get(route).status_code == 422, route
+    assert client.delete(f"/gallery/{2**70}").status_code == 422
+    r = client.post("/search", data={"embedding": "[" * 100_000})
+    assert r.status_code == 422 and "JSON list" in r.json()["detail"]
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
 def test_images_are_served_only_from_the_gallery(served, tmp_path: Path) -> None:
     app, client, tmp = served
     index = app.state.gallery.index

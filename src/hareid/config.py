@@ -378,6 +378,13 @@ def _set_dotted(cfg: Config, dotted: str, raw: str, source: str) -> None:
         setattr(obj, part, _coerce(raw, tp, dotted))
 
 
+def _option_choices() -> dict[str, tuple[str, ...]]:
+    """Model options that take one of a few names (checked when the config is read)."""
+    from hareid.attention import REGION_SAMPLING_MODES, SOFT_MASKS
+
+    return {"soft_mask": SOFT_MASKS, "region_sampling": (*REGION_SAMPLING_MODES, "peer")}
+
+
 def _check_model(cfg: Config) -> None:
     """Check ``model.options`` against the model's registry entry (names, types) and fill the
     input size the model was designed for where ``data.height`` / ``data.width`` are unset."""
@@ -396,6 +403,9 @@ def _check_model(cfg: Config) -> None:
             hint = f"did you mean '{close[0]}'?" if close else f"options: {', '.join(valid)}"
             raise ConfigError(f"unknown option 'model.{key}' for model {m.name!r}; {hint}")
         options[key] = _coerce(value, entry.types.get(key, Any), f"model.{key}")
+        choices = _option_choices().get(key)
+        if choices is not None and options[key] not in choices:
+            raise ConfigError(f"model.{key}: must be one of {', '.join(map(str, choices))}, got {options[key]!r}")
     m.options = options
     if cfg.data.height is None:
         cfg.data.height = entry.input_size[0]

@@ -88,7 +88,7 @@ def _float_only_nodes(graph: Any) -> list[str]:
     must stay float32: region coordinates quantised to 8 bits would move regions by a third of a pixel.
 
     The sampling is ``MatMul(rows, map)`` then ``MatMul(cols, .)`` (see
-    :func:`hareid.inference.sample_stripes`; ``GridSample`` with ``region_sampling="peer"``): the
+    :func:`hareid.inference.sample_stripes`; ``GridSample`` with ``region_sampling="torchreid"``): the
     weight operand of each and everything it is computed from are kept float."""
     producer = {out: node for node in graph.node for out in node.output}
     keep: set[str] = set()

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hareid.data.records import ImageRecord, ReIDDataset
 from hareid.errors import CheckpointError, ConfigError, DataError
+from hareid.fileio import atomic_write_text
 
 __all__ = ["AdaptOptions", "TrackletSampler", "adapt", "init_model", "merge_tracklets",
            "recompute_batchnorm", "run_summary", "split_overrides", "time_split"]
@@ -494,17 +495,22 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
         "best": result.get("best") or {"epoch": result.get("epoch"), "metric": "last epoch"},
         "seconds": {"tracklets": round(t_extract, 1), "total": round(time.perf_counter() - tic, 1)},
     }
-    (run / "adapt.json").write_text(json.dumps(record, indent=1, default=_json_default))
+    atomic_write_text(run / "adapt.json", json.dumps(_plain(record), indent=1, allow_nan=False))
     result["adapt"] = record
     return result
 
 
-def _json_default(v: Any) -> Any:
+def _plain(v: Any) -> Any:
+    """``v`` with numpy scalars as Python numbers and non-finite floats as ``None`` (strict JSON)."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, float) and math.isnan(v):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
         return None
-    raise TypeError(f"not JSON-able: {type(v).__name__}")
+    return v
 
 
 def run_summary(result: Mapping[str, Any]) -> str:

@@ -203,12 +203,15 @@ def metadata_rows(n: int, paths: Sequence[Any] | None, pids: Any, cameras: Any, 
         s = "" if s is None else str(s)
         t = None if t is None or (isinstance(t, float) and math.isnan(t)) else float(t)
         if t is not None and not math.isfinite(t):
-            raise ValueError(f"time {t} is not finite")
+            raise HareidError(f"time {t} is not finite; give times as finite seconds")
         for name, v, limit in (("path", p or "", MAX_PATH), ("camera", c, MAX_CAMERA),
                                ("source", s, MAX_SOURCE)):
             if len(v) > limit:
                 raise HareidError(f"{name} {v[:40]!r}... is {len(v)} characters; the limit is {limit}")
-        rows.append((p, c, t, s, -1 if i is None else int(i)))
+        i = -1 if i is None else int(i)
+        if not -(2**63) <= i < 2**63:
+            raise HareidError(f"pid {i} does not fit in 64 bits; give pids as 64-bit integers")
+        rows.append((p, c, t, s, i))
     return rows
 
 

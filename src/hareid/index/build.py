@@ -62,6 +62,8 @@ def _from_csv(meta: Path, root: Path | None) -> list[GalleryRecord]:
             try:
                 t = float(row["time"]) if row.get("time") not in (None, "") else None
                 pid = int(row["pid"]) if row.get("pid") not in (None, "") else -1
+                if t is not None and not math.isfinite(t):
+                    raise ValueError(f"time {row['time']!r} is not finite")
             except ValueError as e:
                 raise DataError(f"{meta}:{line}: {e}; time must be a number of seconds and pid "
                                 "an integer") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class MilvusIndex(VectorIndex):
         self.collection = collection or DEFAULT_COLLECTION
         self.lite = not self.uri.startswith(_SERVER_PREFIXES)
         self._unflushed = 0
+        self._write_lock = threading.Lock()
         if self.lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -130,6 +132,13 @@ class MilvusIndex(VectorIndex):
     # ------------------------------------------------------------------ writes
     def add(self, features: Any, paths: Sequence[Any] | None = None, pids: Any = None,
             cameras: Any = None, times: Any = None, sources: Any = None) -> np.ndarray:
+        # one writer at a time in this process: the unique-path check and the insert must not
+        # interleave with another add (two concurrent uploads of one image would both pass the check)
+        with self._write_lock:
+            return self._add(features, paths, pids, cameras, times, sources)
+
+    def _add(self, features: Any, paths: Sequence[Any] | None, pids: Any, cameras: Any, times: Any,
+             sources: Any) -> np.ndarray:
         x = self._check_features(features)
         rows = metadata_rows(len(x), paths, pids, cameras, times, sources)
         given = [r[0] for r in rows if r[0] is not None]

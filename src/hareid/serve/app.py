@@ -167,18 +167,25 @@ class _LRU:
             self._d.pop(key, None)
 
 
+#: largest gallery id (SQLite's signed 64-bit integer): larger ids are a 422, not a database error
+MAX_ID = 2**63 - 1
+
+
 def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *, max_batch: int = 32,
                max_wait_s: float = 0.004, close_gallery: bool = True):
     """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery."""
     fastapi = _fastapi()
     limits = limits or Limits()
     from fastapi import File, Form, UploadFile
+    from fastapi import Path as PathParam
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, Field
 
     from hareid.serve.render import attention_strips
+
+    ItemId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="gallery item id")]
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hareid-model")
     embed_batcher = MicroBatcher(lambda xs: list(embedder.embed(torch.stack(list(xs)))), executor,
@@ -305,7 +312,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
 
         return await run_in_threadpool(prepare), data, name
 
-    def get_item(item_id: int) -> Item:
+    def get_item(item_id: ItemId) -> Item:
         it = index.get([item_id])[0]
         if it is None:
             raise UploadError(404, f"gallery item {item_id} not found")
@@ -339,7 +346,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
     async def search(
         image: Annotated[UploadFile | None, File(description="query image (or embedding / gallery_id)")] = None,
         embedding: Annotated[str | None, Form(description="JSON list of `dim` floats")] = None,
-        gallery_id: Annotated[int | None, Form(description="search with a gallery item's embedding")] = None,
+        gallery_id: Annotated[int | None, Form(ge=0, le=MAX_ID, description="search with a gallery item's embedding")] = None,
         k: Annotated[int, Form(ge=1, le=limits.max_k, description="matches per page")] = 10,
         offset: Annotated[int, Form(ge=0, le=limits.max_offset, description="matches to skip (pages)")] = 0,
         camera: Annotated[list[str] | None, Form(description="only these cameras (repeat the field)")] = None,
@@ -363,7 +370,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         elif embedding is not None:
             try:
                 q = np.asarray(json.loads(embedding), dtype=np.float32)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):
                 raise UploadError(422, "embedding must be a JSON list of numbers") from None
             if q.shape != (index.dim,) or not np.isfinite(q).all():
                 raise UploadError(422, f"embedding must be {index.dim} finite numbers, got shape "
@@ -434,7 +441,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
                 saved.append(await run_in_threadpool(_store, gallery.uploads, data))
             ids = await run_in_threadpool(index.add, np.stack(vecs), [str(p) for p, _ in saved],
                                           pids, cams, times, srcs)
-        except HareidError as e:
+        except (HareidError, ValueError, OverflowError) as e:
             for p, created in saved:  # keep no file the index does not hold
                 if created:
                     p.unlink(missing_ok=True)
@@ -445,12 +452,12 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         return AddOut(ids=ids.tolist(), items=[item_out(it) for it in items if it], count=len(index))
 
     @app.get("/gallery/{item_id}", response_model=ItemOut, summary="One gallery item")
-    async def item(item_id: int) -> ItemOut:
+    async def item(item_id: ItemId) -> ItemOut:
         return item_out(await run_in_threadpool(get_item, item_id))
 
     @app.get("/gallery/{item_id}/image", summary="A gallery item's image file",
              response_class=FileResponse)
-    async def item_image(item_id: int) -> FileResponse:
+    async def item_image(item_id: ItemId) -> FileResponse:
         it = await run_in_threadpool(get_item, item_id)
         real = gallery.resolve(it.path)
         if real is None:
@@ -460,7 +467,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
 
     @app.get("/gallery/{item_id}/attention.png", summary="Soft attention + hard regions per stage",
              response_class=Response)
-    async def item_attention(item_id: int) -> Response:
+    async def item_attention(item_id: ItemId) -> Response:
         png = attn_cache.get(item_id)
         if png is None:
             it = await run_in_threadpool(get_item, item_id)
@@ -474,7 +481,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.delete("/gallery/{item_id}", summary="Remove an item (and its uploaded file)")
-    async def delete(item_id: int) -> dict[str, int]:
+    async def delete(item_id: ItemId) -> dict[str, int]:
         it = await run_in_threadpool(get_item, item_id)
         if not await run_in_threadpool(index.delete, [item_id]):
             raise UploadError(404, f"gallery item {item_id} not found")
