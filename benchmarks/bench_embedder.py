@@ -55,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
                 backends[fmt] = Embedder(out)
         rng = np.random.default_rng(0)
         crops = [rng.integers(0, 256, (128, 48, 3), dtype=np.uint8) for _ in range(32)]
+        try:  # int8 through ONNX Runtime, calibrated on the crops themselves (speed only)
+            from hareid.api import load_model
+            from hareid.quantize import quantize_int8
+
+            model, _ = load_model(ckpt)
+            calib = backends["eager fp32"].preprocess(crops)
+            out = quantize_int8(model, calib, num_calibration=32).save(Path(tmp) / "model.int8.onnx")
+            backends["onnx int8"] = Embedder(out)
+        except Exception as e:  # onnx extra missing: the table says so
+            print(f"(int8 skipped: {type(e).__name__}: {e})")
         print(machine_line())
         print(f"input {h}x{w}, crops 128x48 uint8, median of {args.repeats} interleaved calls\n")
         print("| backend | batch 1 (crops/s) | batch 32 (crops/s) | ms per crop at 32 |")
