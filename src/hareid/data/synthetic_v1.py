@@ -202,6 +202,24 @@ def _box(points: Sequence[tuple[float, float]]) -> list[float]:
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
+def draw_logo(d: ImageDraw.ImageDraw, kind: str, centre: tuple[float, float], s: float, colour: Any,
+              bar: tuple[float, float]) -> list[float]:
+    """A chest logo: ``kind`` circle, square or triangle of half-size ``s`` at ``centre``, anything
+    else a bar widened by ``bar[0] * s`` each side and ``2 * bar[1] * s`` high; returns its box."""
+    cx, cy = centre
+    lb = [cx - s, cy - s, cx + s, cy + s]
+    if kind == "circle":
+        d.ellipse(lb, fill=colour)
+    elif kind == "square":
+        d.rectangle(lb, fill=colour)
+    elif kind == "triangle":
+        d.polygon([(cx, lb[1]), (lb[2], lb[3]), (lb[0], lb[3])], fill=colour)
+    else:
+        lb = [lb[0] - s * bar[0], cy - s * bar[1], lb[2] + s * bar[0], cy + s * bar[1]]
+        d.rectangle(lb, fill=colour)
+    return lb
+
+
 def _rect(b: Sequence[float]) -> list[tuple[float, float]]:
     return [(b[0], b[1]), (b[2], b[1]), (b[2], b[3]), (b[0], b[3])]
 
@@ -266,19 +284,8 @@ def _draw_person(ident: dict[str, Any], size: tuple[int, int], cx: float, feet_y
     layer.paste(patimg, (tb[0], tb[1]), tmask)
     d = ImageDraw.Draw(layer)
     if ident["logo"] != "none":
-        s = 0.045 * u
-        lc = (cx - 0.05 * sh_w, sh_y + 0.1 * u)
-        lb = [lc[0] - s, lc[1] - s, lc[0] + s, lc[1] + s]
-        lcol = col(ident["logo_color"])
-        if ident["logo"] == "circle":
-            d.ellipse(lb, fill=lcol)
-        elif ident["logo"] == "square":
-            d.rectangle(lb, fill=lcol)
-        elif ident["logo"] == "triangle":
-            d.polygon([(lc[0], lb[1]), (lb[2], lb[3]), (lb[0], lb[3])], fill=lcol)
-        else:
-            lb = [lb[0] - s * 0.5, lc[1] - s * 0.45, lb[2] + s * 0.5, lc[1] + s * 0.45]
-            d.rectangle(lb, fill=lcol)
+        lb = draw_logo(d, ident["logo"], (cx - 0.05 * sh_w, sh_y + 0.1 * u), 0.045 * u,
+                       col(ident["logo_color"]), bar=(0.5, 0.45))
         parts["logo"] = _rect(lb)
     if ident["bag"] == "shoulder":
         d.line([(cx - sh_w * 0.35, sh_y), (cx + waist_w * 0.5, hip_y - 0.02 * u)],

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from hareid.data.synthetic_v1 import _box, _limb, _pick, _rect, pixel_boxes
+from hareid.data.synthetic_v1 import _box, _limb, _pick, _rect, draw_logo, pixel_boxes
 
 VERSION = 2
 #: Defaults of the parameters whose default depends on the version.
@@ -445,19 +445,8 @@ def _draw_person(ident: dict[str, Any], size: tuple[int, int], pose: _Pose) -> t
     if ident["top"] == "hoodie" and back:  # the hood
         d.chord([cx - 0.45 * sh_w, sh_y - 0.04 * u, cx + 0.45 * sh_w, sh_y + 0.08 * u], 0, 180, fill=_rgba(top_c, 0.85))
     if ident["logo"] != "none" and pose.view == "front":
-        s = 0.04 * u
-        lc = (cx - 0.17 * sh_w, sh_y + 0.09 * u)
-        lb = [lc[0] - s, lc[1] - s, lc[0] + s, lc[1] + s]
-        lcol = _rgba(ident["logo_color"])
-        if ident["logo"] == "circle":
-            d.ellipse(lb, fill=lcol)
-        elif ident["logo"] == "square":
-            d.rectangle(lb, fill=lcol)
-        elif ident["logo"] == "triangle":
-            d.polygon([(lc[0], lb[1]), (lb[2], lb[3]), (lb[0], lb[3])], fill=lcol)
-        else:
-            lb = [lb[0] - s * 0.6, lc[1] - s * 0.4, lb[2] + s * 0.6, lc[1] + s * 0.4]
-            d.rectangle(lb, fill=lcol)
+        lb = draw_logo(d, ident["logo"], (cx - 0.17 * sh_w, sh_y + 0.09 * u), 0.04 * u,
+                       _rgba(ident["logo_color"]), bar=(0.6, 0.4))
         parts["logo"] = _rect(lb)
     # ---- bags on the body
     bag_c = ident["bag_color"]
