@@ -361,6 +361,18 @@ class VectorIndex(ABC):
             raise ValueError("features contain NaN or infinity")
         return unit_rows(x)
 
+    def _prepare_add(self, features: Any, paths: Any, pids: Any, cameras: Any, times: Any,
+                     sources: Any) -> tuple[np.ndarray, list[tuple], list[str]]:
+        """What every backend's ``add`` starts with: unit rows, checked metadata rows, and the
+        given paths (a path twice in one call is refused)."""
+        x = self._check_features(features)
+        rows = metadata_rows(len(x), paths, pids, cameras, times, sources)
+        given = [r[0] for r in rows if r[0] is not None]
+        if len(set(given)) != len(given):
+            dup = next(p for p in given if given.count(p) > 1)
+            raise HareidError(f"{dup}: given twice in one add; each path is indexed once")
+        return x, rows, given
+
     def __enter__(self) -> VectorIndex:
         return self
 

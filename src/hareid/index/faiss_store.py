@@ -48,7 +48,6 @@ from hareid.index.base import (
     RWLock,
     VectorIndex,
     check_kind,
-    metadata_rows,
 )
 
 try:  # POSIX advisory lock: one writing process per index folder
@@ -363,12 +362,7 @@ class FaissIndex(VectorIndex):
     def add(self, features: Any, paths: Sequence[Any] | None = None, pids: Any = None,
             cameras: Any = None, times: Any = None, sources: Any = None) -> np.ndarray:
         self._writable()
-        x = self._check_features(features)
-        rows = metadata_rows(len(x), paths, pids, cameras, times, sources)
-        given = [r[0] for r in rows if r[0] is not None]
-        if len(set(given)) != len(given):
-            dup = next(p for p in given if given.count(p) > 1)
-            raise HareidError(f"{dup}: given twice in one add; each path is indexed once")
+        x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources)
         if not len(x):
             return np.zeros(0, dtype=np.int64)
         with self._lock.write():

@@ -32,7 +32,6 @@ from hareid.index.base import (
     SearchResult,
     VectorIndex,
     check_kind,
-    metadata_rows,
 )
 
 DEFAULT_COLLECTION = "hareid_gallery"
@@ -139,12 +138,7 @@ class MilvusIndex(VectorIndex):
 
     def _add(self, features: Any, paths: Sequence[Any] | None, pids: Any, cameras: Any, times: Any,
              sources: Any) -> np.ndarray:
-        x = self._check_features(features)
-        rows = metadata_rows(len(x), paths, pids, cameras, times, sources)
-        given = [r[0] for r in rows if r[0] is not None]
-        if len(set(given)) != len(given):
-            dup = next(p for p in given if given.count(p) > 1)
-            raise HareidError(f"{dup}: given twice in one add; each path is indexed once")
+        x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources)
         for i in range(0, len(given), 1000):  # unique paths, checked in the database
             chunk = given[i : i + 1000]
             hit = self._client.query(self.collection, filter=f"path in {json.dumps(chunk)}",
