@@ -227,11 +227,8 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         return JSONResponse({"detail": str(e).splitlines()[0]}, status_code=422)
 
     # ----------------------------------------------------------------- schemas
-    class Match(BaseModel):
+    class ItemOut(BaseModel):
         id: int
-        rank: int = Field(description="1-based rank over all pages")
-        score: float = Field(description="cosine similarity of the unit embeddings")
-        distance: float = Field(description="squared euclidean distance = 2 - 2 * score")
         name: str
         path: str = Field(description="relative to the gallery folder")
         camera: str
@@ -240,6 +237,11 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         pid: int
         image_url: str
         attention_url: str
+
+    class Match(ItemOut):
+        rank: int = Field(description="1-based rank over all pages")
+        score: float = Field(description="cosine similarity of the unit embeddings")
+        distance: float = Field(description="squared euclidean distance = 2 - 2 * score")
 
     class Query(BaseModel):
         kind: Literal["image", "embedding", "gallery"]
@@ -260,16 +262,6 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         embedding: list[float] = Field(description="unit-length embedding")
         took_ms: float
 
-    class ItemOut(BaseModel):
-        id: int
-        name: str
-        path: str
-        camera: str
-        time: float | None
-        source: str
-        pid: int
-        image_url: str
-        attention_url: str
 
     class AddOut(BaseModel):
         ids: list[int]
