@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_inference import trained_like
 from torch import nn
 
 from hareid import export as hx
@@ -23,21 +24,7 @@ from hareid.models import build_model, list_models
 ATOL = 1e-4
 
 
-def _trained_like(model: nn.Module) -> nn.Module:
-    """Give BN non-trivial statistics/affine params and the hard attention non-zero weights, so folding
-    and region sampling are really exercised (a fresh model has identity BN and fixed stripes)."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-        for name, p in model.named_parameters():
-            if "hard.fc.weight" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
+_trained_like = trained_like  # non-trivial BN statistics and moving regions (tests/test_inference.py)
 
 
 def _num_bn(model: nn.Module) -> int:

@@ -95,21 +95,27 @@ def _hard_negative(rng: np.random.Generator, base: dict[str, Any]) -> tuple[dict
     return ident, detail
 
 
-def _make_identities(seed: int, pids: list[int], frac: float) -> dict[int, dict[str, Any]]:
-    rng = np.random.default_rng([seed, 1])
+def pair_identities(rng: np.random.Generator, pids: list[int], frac: float, random_identity: Any,
+                    hard_negative: Any) -> dict[int, dict[str, Any]]:
+    """``random_identity(rng)`` per pid; with probability ``frac`` the next pid becomes its
+    ``hard_negative(rng, ident) -> (twin, detail)`` (the two record each other and the detail)."""
     out: dict[int, dict[str, Any]] = {}
     i = 0
     while i < len(pids):
         pid = pids[i]
-        out[pid] = _random_identity(rng)
+        out[pid] = random_identity(rng)
         if i + 1 < len(pids) and rng.random() < frac:
-            twin, detail = _hard_negative(rng, out[pid])
+            twin, detail = hard_negative(rng, out[pid])
             twin.update(hard_negative_of=pid, differs_in=detail)
             out[pids[i + 1]] = twin
             out[pid].update(hard_negative_of=pids[i + 1], differs_in=detail)
             i += 1
         i += 1
     return out
+
+
+def _make_identities(seed: int, pids: list[int], frac: float) -> dict[int, dict[str, Any]]:
+    return pair_identities(np.random.default_rng([seed, 1]), pids, frac, _random_identity, _hard_negative)
 
 
 # ---------------------------------------------------------------------------------------- cameras

@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from hareid.data.synthetic_v1 import _box, _limb, _pick, _rect, draw_logo, pixel_boxes
+from hareid.data.synthetic_v1 import (
+    _box,
+    _limb,
+    _pick,
+    _rect,
+    draw_logo,
+    pair_identities,
+    pixel_boxes,
+)
 
 VERSION = 2
 #: Defaults of the parameters whose default depends on the version.
@@ -133,20 +141,7 @@ def _hard_negative(rng: np.random.Generator, base: dict[str, Any]) -> tuple[dict
 
 def make_identities(seed: int, pids: list[int], frac: float) -> dict[int, dict[str, Any]]:
     """Identities of ``pids``; about ``frac`` of them in hard-negative pairs (consecutive pids)."""
-    rng = np.random.default_rng([seed, 1, VERSION])
-    out: dict[int, dict[str, Any]] = {}
-    i = 0
-    while i < len(pids):
-        pid = pids[i]
-        out[pid] = _random_identity(rng)
-        if i + 1 < len(pids) and rng.random() < frac:
-            twin, detail = _hard_negative(rng, out[pid])
-            twin.update(hard_negative_of=pid, differs_in=detail)
-            out[pids[i + 1]] = twin
-            out[pid].update(hard_negative_of=pids[i + 1], differs_in=detail)
-            i += 1
-        i += 1
-    return out
+    return pair_identities(np.random.default_rng([seed, 1, VERSION]), pids, frac, _random_identity, _hard_negative)
 
 
 def make_distractors(seed: int, n: int) -> dict[int, dict[str, Any]]:
