@@ -370,7 +370,7 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     from hareid.data.loader import ImageDataset
     from hareid.data.tracklets import load_tracklets_meta
     from hareid.data.transforms import build_transforms
-    from hareid.engine.trainer import Trainer
+    from hareid.engine.trainer import Trainer, use_masks
     from hareid.footage.extract import prepare_output
 
     tic = time.perf_counter()
@@ -430,7 +430,8 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     cams = {name: k for k, name in enumerate(sorted({by_id[i]["source"] for i in kept}))}
     for lab, i in zip(labels, kept):
         for c in by_id[i]["crops"]:
-            records.append(ImageRecord(str(root / c["file"]), int(lab), cams[by_id[i]["source"]], "train"))
+            mask = str(root / c["mask"]) if c.get("mask") else None  # foreground mask: the attention loss
+            records.append(ImageRecord(str(root / c["file"]), int(lab), cams[by_id[i]["source"]], "train", mask))
             times.append(float(c["time"]))
             rec_labels.append(int(lab))
     id_co = np.zeros((num_ids, num_ids), bool)
@@ -454,7 +455,10 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     from hareid.data.loader import worker_options
 
     common: dict[str, Any] = {"persistent_workers": d.workers > 0, **worker_options(d.workers)}
-    train_loader = DataLoader(ImageDataset(records, train_tf), batch_size=sampler.p * sampler.k,
+    dataset = ReIDDataset("tracklets", root, records, list(val.query) if val else [],
+                          list(val.gallery) if val else [])
+    masks = use_masks(cfg.loss.attn_weight, dataset)  # the footage's foreground masks teach attention
+    train_loader = DataLoader(ImageDataset(records, train_tf, masks=masks), batch_size=sampler.p * sampler.k,
                               sampler=sampler, drop_last=True,
                               generator=torch.Generator().manual_seed(cfg.train.seed), **common)
     q_loader = g_loader = None
@@ -471,8 +475,6 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
         model.eval()
         epoch0 = eval_fn(model, q_loader, g_loader) or None
         model.train()
-    dataset = ReIDDataset("tracklets", root, records, list(val.query) if val else [],
-                          list(val.gallery) if val else [])
     print(f"[hareid] adapt: {len(kept)} training tracklets -> {num_ids} pseudo-identities, "
           f"{len(records)} crops; {len(val_ids)} held-out tracklets "
           f"({'validation: ' + str(len(val.query)) + ' queries' if val else 'no validation: best = last epoch'})"

@@ -30,7 +30,8 @@ backward or gradient sum sees mixed layouts (PyTorch's strided fallback for thos
 ``tests/test_models.py::test_train_gradients_stay_channels_last`` guards this).
 
 Output contract (docs/architecture.md): ``train()`` -> ``{"logits": [global, local], "features":
-[global, local]}`` (features only with ``return_features=True``); ``eval()`` -> float32 embedding
+[global, local], "soft": [per stage]}`` (features only with ``return_features=True``, the soft masks
+only with ``return_attention = True``, for the attention loss); ``eval()`` -> float32 embedding
 ``(B, embed_dim)``: each branch L2-normalised, concatenated.
 """
 
@@ -163,6 +164,8 @@ class HarmNet(nn.Module):
         centres = torch.tensor([[0.0, c] for c in stripe_centres(num_regions)])  # (T, 2) fixed stripes
         self.register_buffer("stripes", centres, persistent=False)
         self.embed_dim = feature_dim * (2 if local_branch else 1)
+        #: train mode also returns the soft masks ``"soft": [(B, C_s | 1, H_s, W_s)]`` (attention loss)
+        self.return_attention = False
 
     # ----------------------------------------------------------------------------- input sizes
     def region_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
@@ -247,7 +250,10 @@ class HarmNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, list[torch.Tensor]]:
         """``(B, 3, H, W)`` -> train: ``{"logits": [...], ["features": [...]]}``; eval: ``(B, embed_dim)``."""
-        g, loc = self._run(x)
+        record: dict[str, list[torch.Tensor]] | None = None
+        if self.training and self.return_attention:
+            record = {"soft": [], "translations": []}
+        g, loc = self._run(x, record)
         feats = [g] if loc is None else [g, loc]
         if not self.training:
             embs = [F.normalize(f.float(), dim=1) for f in feats]  # per-branch unit norm, float32
@@ -258,6 +264,8 @@ class HarmNet(nn.Module):
         out: dict[str, list[torch.Tensor]] = {"logits": logits}
         if self.return_features:
             out["features"] = feats
+        if record is not None:
+            out["soft"] = record["soft"]
         return out
 
     def forward_attention(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
