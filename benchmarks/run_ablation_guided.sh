@@ -9,7 +9,8 @@ set -euo pipefail
 version=$1; seeds=$2; variants=$3; shift 3
 root=${HAREID_SYNTHETIC:-$HOME/.cache/hareid}/synthetic-v$version
 out=runs/ablation_guided_v$version
-results=docs/results/ablation_guided_v$version.jsonl
+repo=${ABLATION_REPO:-.}  # where the results file is written and committed (a checkout of main)
+results=$repo/docs/results/ablation_guided_v$version.jsonl
 hareid synthetic "$root" --version "$version" --quiet
 for seed in $seeds; do
   for variant in $variants; do
@@ -35,7 +36,8 @@ import os; os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 PY
     if [ "${ABLATION_COMMIT:-0}" = 1 ]; then
       for _ in 1 2 3 4 5; do
-        git add "$results" && git commit -q -m "ablation v$version: $variant seed $seed finished" -- "$results" && break
+        git -C "$repo" add "$results" && \
+          git -C "$repo" commit -q -m "ablation v$version: $variant seed $seed finished" -- "$results" && break
         sleep 3
       done
     fi
