@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     market1501_official = the Market-1501 MATLAB devkit, cuhk03 = single-gallery-shot). The
     dataset layout is detected from ROOT unless --dataset is given.
     """
-    from hareid.api import evaluate_checkpoint
+    from hareid.evaluate.checkpoint import evaluate_checkpoint
     from hareid.fileio import atomic_write_text
 
     result = evaluate_checkpoint(
@@ -141,7 +141,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     With --compare CKPT ...: the soft attention of all the checkpoints side by side on one fixed
     colour scale (mask value 0 blue ... 1 red), each titled by its run folder.
     """
-    from hareid.api import load_images, load_model
+    from hareid.data.loader import load_images
+    from hareid.models.loading import load_model
     from hareid.visualize import plot_attention, plot_attention_compare
 
     model, info = load_model(args.checkpoint)
@@ -162,8 +163,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     The exported file is run on a random batch and compared with the eager PyTorch model; the
     maximum absolute difference of the embeddings is printed (the export fails above 1e-4).
     """
-    from hareid.api import load_model
     from hareid.export import export_metadata, export_model
+    from hareid.models.loading import load_model
 
     model, info = load_model(args.checkpoint)
     h = args.height if args.height is not None else info["height"]
@@ -213,8 +214,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     Filters run inside the index's database: --camera (repeatable), --time-min/--time-max
     (seconds, inclusive), --source.
     """
-    from hareid.api import search_images
     from hareid.index import Filter
+    from hareid.index.gallery import search_images
 
     flt = Filter(cameras=args.camera, time_min=args.time_min, time_max=args.time_max,
                  sources=args.source)

@@ -105,20 +105,23 @@ def split_overrides(items: Sequence[str]) -> tuple[list[str], AdaptOptions]:
 
 
 # ------------------------------------------------------------------------------------ the model
-def init_model(checkpoint: str | os.PathLike, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+def init_model(checkpoint: str | os.PathLike, num_classes: int, ckpt: Mapping[str, Any] | None = None,
+               ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """The checkpoint's network with fresh classifiers for ``num_classes`` pseudo-identities and
     ``return_features=True``; returns ``(model, model_spec, info)``. Every weight but the
-    classifiers must load (CheckpointError naming the keys otherwise)."""
-    from hareid.api import load_model
+    classifiers must load (CheckpointError naming the keys otherwise). ``ckpt``: the checkpoint
+    already read (``load_checkpoint(checkpoint)``), so the file is not read again."""
     from hareid.checkpoint import load_checkpoint, strip_prefix
     from hareid.models import build_model
+    from hareid.models.loading import model_from_checkpoint
 
-    _, info = load_model(checkpoint)  # validates the file and the architecture; info: input size
+    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
+    _, info = model_from_checkpoint(ckpt, checkpoint)  # validates the file and the architecture
     spec = dict(info["model"])
     if spec.get("source") == "torchreid":
         from hareid.torchreid_compat import load_torchreid_hacnn
 
-        model = load_torchreid_hacnn(checkpoint, num_classes=num_classes)
+        model = load_torchreid_hacnn(ckpt, num_classes=num_classes)
         model.return_features = True
         spec = {"name": "hacnn", "num_classes": num_classes, "num_regions": model.num_regions,
                 "feature_dim": model.feature_dim, "local_branch": model.local_branch,
@@ -129,7 +132,7 @@ def init_model(checkpoint: str | os.PathLike, num_classes: int) -> tuple[torch.n
     spec.pop("num_classes", None)
     spec["return_features"] = True
     model = build_model(name, num_classes=num_classes, **spec)
-    state = strip_prefix(load_checkpoint(checkpoint)["state_dict"])
+    state = strip_prefix(ckpt["state_dict"])
     target = model.state_dict()
     fresh = {k for k in target if k.startswith("classifier")}
     bad = sorted(k for k in target if k not in fresh and (k not in state or state[k].shape != target[k].shape))
@@ -382,9 +385,12 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     run = prepare_output(out, overwrite)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint not found; pass a hareid or torchreid HACNN .pt file")
-    from hareid.api import load_model
+    from hareid.checkpoint import load_checkpoint
+    from hareid.models.loading import model_from_checkpoint
+    from hareid.models.weights import load_init_weights
 
-    _, info = load_model(checkpoint)  # fail early on a foreign checkpoint, before any footage work
+    ckpt = load_checkpoint(checkpoint)  # the one read of the checkpoint; passed on from here
+    source, info = model_from_checkpoint(ckpt, checkpoint)  # fail early on a foreign checkpoint
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
@@ -415,16 +421,15 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     if opts.merge:
         from hareid.footage.protocol import embed_crops
 
-        model0, info0 = load_model(checkpoint)
         feats = []
         for i in kept:
-            f = embed_crops(model0, info0, [str(root / c["file"]) for c in by_id[i]["crops"]]).mean(0)
+            f = embed_crops(source, info, [str(root / c["file"]) for c in by_id[i]["crops"]]).mean(0)
             feats.append(f / max(np.linalg.norm(f), 1e-12))
         labels, thr = merge_tracklets(np.stack(feats), co, opts.merge_quantile)
         groups = [[kept[j] for j in np.flatnonzero(labels == g)] for g in range(int(labels.max()) + 1)]
         merge_info.update(threshold=thr, tracklets=len(kept), identities=len(groups),
                           groups=[g for g in groups if len(g) > 1])  # to check by eye on the contact sheet
-        del model0
+    del source
     num_ids = int(labels.max()) + 1
     records, times, rec_labels = [], [], []
     cams = {name: k for k, name in enumerate(sorted({by_id[i]["source"] for i in kept}))}
@@ -443,7 +448,8 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
         spans[lab].append((by_id[i]["source"], min(ts), max(ts)))
 
     val = _validation(root, val_ids, opts.val_gap)
-    model, spec, _ = init_model(checkpoint, num_ids)
+    model, spec, _ = init_model(checkpoint, num_ids, ckpt)
+    init_report = load_init_weights(model, Path(checkpoint).resolve(), ckpt)  # RUN/init.json, no new read
     d = cfg.data
     norm = {k: info[k] for k in ("mean", "std") if info.get(k)}  # the model's own normalisation
     train_tf, eval_tf = build_transforms(d.height, d.width, flip=d.flip, pad=d.pad, erasing=d.erasing,
@@ -478,10 +484,10 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
           f"({'validation: ' + str(len(val.query)) + ' queries' if val else 'no validation: best = last epoch'})"
           + (f"; before adaptation: Rank-1 {100 * epoch0['rank1']:.1f}% mAP {100 * epoch0['mAP']:.1f}%" if epoch0 else ""),
           file=sys.stderr)
-    # model.init records where the weights came from (RUN/init.json); the Trainer's non-strict load
-    # gives the same weights as init_model (classifiers are skipped: their shapes differ)
+    # model.init records where the weights came from (RUN/init.json): init_report, made above
     trainer = Trainer(cfg, model=model, dataset=dataset, loaders=(train_loader, q_loader, g_loader),
-                      eval_fn=eval_fn, num_classes=num_ids, model_spec=spec, overwrite=overwrite)
+                      eval_fn=eval_fn, num_classes=num_ids, model_spec=spec, overwrite=overwrite,
+                      init_report=init_report)
     result = trainer.fit()
     best = run / "checkpoints" / "best.pt"
     if not best.is_file() and (run / "checkpoints" / "last.pt").is_file():

@@ -265,7 +265,7 @@ def _load(spec: Any) -> tuple[str, Any]:
         return "hist", None
     if spec == "random":
         return "model", random_hacnn()
-    from hareid.api import load_model
+    from hareid.models.loading import load_model
 
     return "model", load_model(spec)
 
