@@ -546,8 +546,11 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
 }
 
 
+_AddCommand = Callable[..., argparse.ArgumentParser]  # add(name, extra_epilog=None) -> the sub-parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``hareid`` argument parser (one sub-parser per command)."""
+    """The ``hareid`` argument parser: one sub-parser per command, added by group."""
     p = argparse.ArgumentParser(
         prog="hareid",
         description="Harmonious attention (HA-CNN) for person re-identification.\n\n"
@@ -562,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, extra_epilog: str | None = None) -> argparse.ArgumentParser:
+        """The sub-parser of command ``name``: help and examples from ``_HELP``."""
         fn, examples = _HELP[name]
         doc = (fn.__doc__ or "").strip()
         epilog = _examples(*examples) + (f"\n\n{extra_epilog}" if extra_epilog else "")
@@ -570,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
+    _add_training_commands(add)
+    _add_gallery_commands(add)
+    _add_data_commands(add)
+    _add_footage_commands(add)
+    return p
+
+
+def _add_training_commands(add: _AddCommand) -> None:
+    """Demo, train, eval, report, visualize, export: a model's life."""
     sp = add("demo", _OVERRIDES)
     sp.add_argument("--output", default="runs/demo", help="run folder")
     sp.add_argument("--data-root", default=None,
@@ -633,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=_positive, default=None, help="input width (default: the training size)")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
 
+
+def _add_gallery_commands(add: _AddCommand) -> None:
+    """Index, search, serve: a gallery and its search."""
     sp = add("index")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
     sp.add_argument("root", help="dataset root (its --split is indexed) or a folder of images")
@@ -682,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
     sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
 
+
+def _add_data_commands(add: _AddCommand) -> None:
+    """Datasets, synthetic, attention-score, ablate: data and analyses."""
     sp = add("datasets")
     sp.add_argument("root", help="dataset folder (or a CSV manifest)")
     sp.add_argument("--dataset", default=None, help="force a layout instead of auto-detecting")
@@ -719,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate every N epochs for the learning curves (0: only at the end)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
+
+def _add_footage_commands(add: _AddCommand) -> None:
+    """Tracklets, adapt: your own footage."""
     sp = add("tracklets")
     sp.add_argument("footage", nargs="+", help="video files, frame folders or MOT sequence folders")
     sp.add_argument("--out", required=True, help="tracklets folder to write (a new dataset folder)")
@@ -735,7 +757,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=argparse.SUPPRESS)
     sp.set_defaults(trailing_overrides=True)
     _add_footage_options(sp)
-    return p
 
 
 def _dedent(doc: str) -> str:
