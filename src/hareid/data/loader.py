@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import signal
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +45,20 @@ from hareid.data.sampler import IdentitySampler
 from hareid.data.transforms import build_transforms
 from hareid.errors import DataError
 
-__all__ = ["DECODERS", "DEFAULT_DECODER", "MAX_IMAGE_PIXELS", "ImageDataset", "build_eval_loaders", "build_loaders",
-           "collate_drop_missing", "decode_pil", "decode_torchvision", "read_image", "read_mask"]
+__all__ = [
+    "DECODERS",
+    "DEFAULT_DECODER",
+    "MAX_IMAGE_PIXELS",
+    "ImageDataset",
+    "build_eval_loaders",
+    "build_loaders",
+    "collate_drop_missing",
+    "decode_pil",
+    "decode_torchvision",
+    "load_images",
+    "read_image",
+    "read_mask",
+]
 
 #: Largest image (width x height) hareid decodes: a 12000 x 8000 photo; person crops are far smaller.
 MAX_IMAGE_PIXELS = 96_000_000
@@ -320,3 +334,19 @@ def build_eval_loaders(
     _, eval_tf = build_transforms(height, width, **kw)
     common: dict[str, Any] = {"pin_memory": torch.cuda.is_available(), **worker_options(workers)}
     return _eval_loaders(dataset, eval_tf, batch_size, skip_bad_images, DEFAULT_DECODER, common)
+
+
+def load_images(paths: Sequence[str | os.PathLike], height: int, width: int, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> torch.Tensor:
+    """Decode, resize and normalise image files into a ``(N, 3, height, width)`` batch (the
+    evaluation transform; ImageNet mean/std unless given)."""
+    kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    tf = build_transforms(height, width, **kw)[1]
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: image not found; pass existing image files")
+        out.append(tf(read_image(str(p))))
+    if not out:
+        raise DataError("no images given")
+    return torch.stack(out)

@@ -114,6 +114,9 @@ class Trainer:
             batch, iteration, loss, lr.
         overwrite: start a new run in a folder that holds another run (its files are kept until
             this run saves its first checkpoint).
+        init_report: what ``model.init`` already loaded into ``model`` (an
+            :class:`~hareid.models.weights.InitReport`, from a caller that read the file once):
+            recorded in ``init.json`` and not loaded again.
     """
 
     def __init__(
@@ -127,8 +130,10 @@ class Trainer:
         model_spec: Mapping[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
         overwrite: bool = False,
+        init_report: Any = None,
     ) -> None:
         self.cfg = cfg
+        self._init_in = init_report
         self._model_in, self.dataset, self._loaders_in = model, dataset, loaders
         self._eval_fn = eval_fn
         self._num_classes = num_classes
@@ -255,7 +260,9 @@ class Trainer:
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"model.{cfg.model.name}: {str(e).splitlines()[0]}") from e
             spec = {"name": cfg.model.name, "num_classes": num_classes, **kwargs}
-        if cfg.model.init:
+        if cfg.model.init and self._init_in is not None:
+            self.init_report = self._init_in  # the caller loaded model.init into `model` already
+        elif cfg.model.init:
             from hareid.models.weights import load_init_weights
 
             self.init_report = load_init_weights(model, cfg.model.init)

@@ -268,7 +268,7 @@ def _load(spec: Any) -> tuple[str, Any]:
         return "fn", colour_histogram
     if spec == "random":
         return "model", random_hacnn()
-    from hareid.api import load_model
+    from hareid.models.loading import load_model
 
     return "model", load_model(spec)
 
