@@ -157,7 +157,7 @@ def test_a_saved_int8_file_runs_in_the_embedder(setup, tmp_path: Path) -> None:
     emb = Embedder(path)
     assert emb.input_size == SIZE
     crops = [np.random.default_rng(i).integers(0, 256, (120, 50, 3), dtype=np.uint8) for i in range(4)]
-    ref = Embedder(model, info={"height": SIZE[0], "width": SIZE[1]}).embed(crops)
+    ref = Embedder(model, info={"height": SIZE[0], "width": SIZE[1]}, dtype=None).embed(crops)
     got = emb.embed(crops)
     assert got.shape == ref.shape == (4, 1024)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)

@@ -161,7 +161,7 @@ def embed(
         images = [images]
     if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
         raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(images.shape)}")
-    emb = Embedder(model, info=info, batch_size=batch_size, flip=flip,
+    emb = Embedder(model, info=info, batch_size=batch_size, flip=flip, dtype=None,  # float32, as eval
                    input_size=None if info else tuple(images.shape[2:]) if isinstance(images, torch.Tensor) else None)
     batch = images if isinstance(images, torch.Tensor) else emb.preprocess(list(images))
     return emb.embed_tensor(batch, normalize=False)
