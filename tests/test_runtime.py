@@ -53,7 +53,7 @@ def test_spellings(spec, want) -> None:
 
 
 def test_refusals_name_the_setting() -> None:
-    with pytest.raises(ConfigError, match="train.amp=fp16 needs CUDA"):
+    with pytest.raises(ConfigError, match=r"train\.amp=fp16 needs CUDA"):
         resolve_amp("fp16", torch.device("cpu"))
     with pytest.raises(ConfigError, match="Embedder dtype: unknown value 'fp8'"):
         resolve_dtype("fp8", "cpu", "Embedder dtype")
