@@ -21,7 +21,7 @@ _EMBEDDERS: dict[str, Any] = {}
 def embedder_for(tiny: Tiny):
     key = str(tiny.checkpoint)
     if key not in _EMBEDDERS:
-        _EMBEDDERS[key] = load_embedder(tiny.checkpoint, device="cpu")
+        _EMBEDDERS[key] = load_embedder(tiny.checkpoint, device="cpu", dtype="fp32")
     return _EMBEDDERS[key]
 
 

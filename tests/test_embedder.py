@@ -24,7 +24,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 
 @pytest.fixture(scope="module")
 def emb(tiny: Tiny) -> Embedder:
-    return Embedder(tiny.checkpoint, device="cpu", batch_size=4)
+    return Embedder(tiny.checkpoint, device="cpu", batch_size=4, dtype=None)  # float32
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -37,7 +37,7 @@ def test_rows_are_unit_float32_and_batching_changes_nothing(emb: Embedder, tiny:
     a = emb.embed(paths)
     assert a.shape == (7, emb.dim) and a.dtype == np.float32 and emb.dim == 1024
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
-    big = Embedder(tiny.checkpoint, device="cpu", batch_size=64).embed(paths)
+    big = Embedder(tiny.checkpoint, device="cpu", batch_size=64, dtype=None).embed(paths)
     np.testing.assert_allclose(a, big, atol=1e-5)
     assert emb.input_size == (64, 32)  # the checkpoint's training size
 
@@ -113,7 +113,7 @@ def test_backends_agree(tiny: Tiny, tmp_path: Path) -> None:
     assert main(["export", str(tiny.checkpoint), "--format", "onnx", "--out", str(onnx_path)]) == 0
     assert main(["export", str(tiny.checkpoint), "--format", "torchscript", "--out", str(ts_path)]) == 0
     crops = [_rgb(p) for p in tiny.images("query")[:5]]
-    eager = Embedder(tiny.checkpoint, device="cpu").embed(crops)
+    eager = Embedder(tiny.checkpoint, device="cpu", dtype="fp32").embed(crops)
     for path, backend in ((onnx_path, "onnx"), (ts_path, "torchscript")):
         e = Embedder(path, batch_size=2)
         assert e.backend == backend and e.input_size == (64, 32) and e.dim == 1024
@@ -125,7 +125,7 @@ def test_backends_agree(tiny: Tiny, tmp_path: Path) -> None:
 def test_module_with_info_and_lower_precision(tiny: Tiny) -> None:
     model, info = load_model(tiny.checkpoint)
     crops = [_rgb(p) for p in tiny.images("query")[:4]]
-    fp32 = Embedder(model, info=info).embed(crops)
+    fp32 = Embedder(model, info=info, dtype=None).embed(crops)
     bf16 = Embedder(model, info=info, dtype=torch.bfloat16).embed(crops)
     np.testing.assert_allclose(bf16, fp32, atol=0.05)  # bf16: ~3 significant digits
     assert float(np.abs(bf16 - fp32).max()) > 0  # it really ran in bf16
@@ -176,3 +176,44 @@ def test_preprocess_keeps_no_state_across_threads(emb: Embedder) -> None:
     for out in outs:
         torch.testing.assert_close(out, ref)
     assert not any(name.startswith("_bgr") for name in vars(emb))
+
+
+def test_default_dtype_is_the_runtime_policy(tiny: Tiny) -> None:
+    """A checkpoint's Embedder runs in auto_dtype (bf16 on a CPU with native bf16, else float32);
+    its rows stay close to float32's."""
+    from hareid.runtime import auto_dtype
+
+    emb = Embedder(tiny.checkpoint, device="cpu")
+    assert emb.dtype == auto_dtype("cpu")
+    crops = [_rgb(p) for p in tiny.images("query")[:4]]
+    fp32 = Embedder(tiny.checkpoint, device="cpu", dtype="fp32")
+    assert fp32.dtype == torch.float32
+    np.testing.assert_allclose(emb.embed(crops), fp32.embed(crops), atol=0.05)
+    with pytest.raises(HareidError, match="Embedder dtype=fp16 needs CUDA"):
+        Embedder(tiny.checkpoint, device="cpu", dtype="fp16")
+
+
+def test_int8_is_one_argument_away(tiny: Tiny, tmp_path: Path) -> None:
+    """dtype='int8' quantises the checkpoint on calibration images (a folder here) and runs ONNX
+    Runtime; `hareid export --int8` writes the same kind of file, which the Embedder reads."""
+    pytest.importorskip("onnxruntime")
+    from hareid.cli import main
+
+    crops = [_rgb(p) for p in tiny.images("query")[:6]]
+    ref = Embedder(tiny.checkpoint, device="cpu", dtype=None).embed(crops)
+    q = Embedder(tiny.checkpoint, device="cpu", dtype="int8", calibration=tiny.data / "bounding_box_train",
+                 num_calibration=32)
+    assert q.dtype == "int8" and q.input_size == (64, 32)
+    got = q.embed(crops)
+    assert got.shape == ref.shape and float((got * ref).sum(1).min()) >= 0.95
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(tiny.checkpoint), "--int8", "--calib", str(tiny.data / "bounding_box_train"),
+                 "--calib-images", "32", "--out", str(out)]) == 0
+    f = Embedder(out)
+    assert f.backend == "onnx" and f.input_size == (64, 32)
+    assert float((f.embed(crops) * ref).sum(1).min()) >= 0.95
+    with pytest.raises(HareidError, match="needs calibration images"):
+        Embedder(tiny.checkpoint, device="cpu", dtype="int8")
+    with pytest.raises(HareidError, match="only with dtype='int8'"):
+        Embedder(tiny.checkpoint, device="cpu", dtype="bf16", calibration=tiny.data)
+    assert main(["export", str(tiny.checkpoint), "--int8", "--out", str(out)]) != 0  # no --calib

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 
 @pytest.fixture(scope="module")
 def embedder(tiny: Tiny):
-    return load_embedder(tiny.checkpoint, device="cpu")
+    return load_embedder(tiny.checkpoint, device="cpu", dtype="fp32")  # compared with api.embed
 
 
 def reference(tiny: Tiny, paths: list[str]) -> np.ndarray:

@@ -157,8 +157,40 @@ def test_a_saved_int8_file_runs_in_the_embedder(setup, tmp_path: Path) -> None:
     emb = Embedder(path)
     assert emb.input_size == SIZE
     crops = [np.random.default_rng(i).integers(0, 256, (120, 50, 3), dtype=np.uint8) for i in range(4)]
-    ref = Embedder(model, info={"height": SIZE[0], "width": SIZE[1]}).embed(crops)
+    ref = Embedder(model, info={"height": SIZE[0], "width": SIZE[1]}, dtype=None).embed(crops)
     got = emb.embed(crops)
     assert got.shape == ref.shape == (4, 1024)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert float((got * ref).sum(1).min()) >= 0.98
+
+
+def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_path: Path) -> None:
+    """keep_float patterns keep those convolutions float (no DequantizeLinear feeds them); a pattern
+    matching nothing is refused; a calibration cache written once gives the same int8 model again."""
+    import onnx
+
+    from hareid.quantize import quantizable_nodes
+
+    model, q_all, gen = setup
+    names = quantizable_nodes(model, *SIZE)
+    assert "/stem/Conv" in names and len(names) >= 60
+    calib = _smooth_images(32, gen)
+    cache = tmp_path / "ranges.json"
+    kept = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/attn.*"],
+                         calibration_cache=cache)
+    assert cache.is_file()
+
+    def float_convs(m: Int8Model) -> set[str]:
+        graph = onnx.load_from_string(m.onnx_bytes).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        return {n.name for n in graph.node if n.op_type == "Conv"
+                and producer.get(n.input[1]) != "DequantizeLinear"}
+
+    assert float_convs(kept) == {"/stem/Conv", "/attn.0/Conv", "/attn.1/Conv", "/attn.2/Conv"}
+    assert float_convs(q_all) == set()
+    again = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/attn.*"],
+                          calibration_cache=cache)
+    x = _smooth_images(4, gen)
+    torch.testing.assert_close(again(x), kept(x))
+    with pytest.raises(HareidError, match="matches no node"):
+        quantize_int8(model, calib, num_calibration=32, keep_float=["/stem_typo/*"])

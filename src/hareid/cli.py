@@ -162,6 +162,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     The exported file is run on a random batch and compared with the eager PyTorch model; the
     maximum absolute difference of the embeddings is printed (the export fails above 1e-4).
+    --int8 writes an int8 ONNX model instead (ONNX Runtime, CPU), calibrated on --calib images;
+    hareid.Embedder, serve and index read it like any export.
     """
     from hareid.export import export_metadata, export_model
     from hareid.models.loading import load_model
@@ -169,12 +171,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint)
     h = args.height if args.height is not None else info["height"]
     w = args.width if args.width is not None else info["width"]
+    if args.int8:
+        return _export_int8(args, model, info, h, w)
     suffix = ".onnx" if args.format == "onnx" else ".ts"
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
     meta = export_metadata(model, h, w, info["model"].get("name"))
     report = export_model(model, out, fmt=args.format, height=h, width=w, opset=args.opset, metadata=meta)
     print(f"[hareid] exported {args.format} -> {out} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
     print(f"[hareid] max |export - eager| = {report['max_abs_diff']:.2e}")
+    return 0
+
+
+def _export_int8(args: argparse.Namespace, model: Any, info: dict, h: int, w: int) -> int:
+    from hareid.api import list_images, load_images
+    from hareid.quantize import quantize_int8
+
+    if args.format != "onnx":
+        raise HareidError("--int8 writes ONNX (ONNX Runtime runs it); drop --format torchscript")
+    if not args.calib:
+        raise HareidError("--int8 needs --calib FOLDER: a few hundred images of the target domain "
+                          "to calibrate activation ranges on (e.g. the training images)")
+    paths = list_images(args.calib)
+    if not paths:
+        raise HareidError(f"{args.calib}: no images to calibrate on")
+    paths = paths[::max(1, len(paths) // args.calib_images)][:args.calib_images]
+    images = load_images(paths, h, w, info.get("mean"), info.get("std"))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".int8.onnx")
+    quantize_int8(model, images, h, w, num_calibration=len(images)).save(out)
+    print(f"[hareid] exported int8 onnx -> {out} (input Bx3x{h}x{w}, calibrated on {len(images)} "
+          f"images of {args.calib})")
     return 0
 
 
@@ -196,7 +221,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     res = index_gallery(args.checkpoint, args.root, args.out, dataset=args.dataset,
                         split=args.split, meta=args.meta, kind=kind, nlist=nlist,
                         nprobe=args.nprobe, pq_m=args.pq_m, collection=args.collection,
-                        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+                        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                        dtype=args.dtype, calibration=args.calib)
     if res is None:  # a torchrun rank other than 0
         return 0
     info = res["index"]
@@ -243,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
                     collection=args.collection, max_batch=args.max_batch, device=args.device,
-                    progress=not args.quiet)
+                    progress=not args.quiet, dtype=args.dtype, calibration=args.calib)
     gallery = app.state.gallery
     print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
           f"{gallery.index.kind}); uploads go to {gallery.uploads}")
@@ -439,6 +465,15 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _dtype_args(sp: argparse.ArgumentParser, calib_default: str) -> None:
+    """--dtype and --calib: the embedding precision (one policy, hareid.runtime.auto_dtype)."""
+    sp.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                    help="embedding precision (auto: bf16 on CPUs with native bf16, a half type on "
+                         "CUDA, else fp32; int8: ONNX Runtime on the CPU, calibrated on --calib)")
+    sp.add_argument("--calib", default=None,
+                    help=f"folder of images to calibrate --dtype int8 on (default: {calib_default})")
 
 
 def _num_test_ids(dataset: Any) -> int | None:
@@ -645,6 +680,11 @@ def _add_training_commands(add: _AddCommand) -> None:
     sp.add_argument("--height", type=_positive, default=None, help="input height (default: the training size)")
     sp.add_argument("--width", type=_positive, default=None, help="input width (default: the training size)")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    sp.add_argument("--int8", action="store_true",
+                    help="write an int8 ONNX model (ONNX Runtime, CPU; calibrated on --calib)")
+    sp.add_argument("--calib", default=None, help="folder of images to calibrate --int8 on")
+    sp.add_argument("--calib-images", type=_positive, default=256,
+                    help="calibration images, spread over --calib (default 256)")
 
 
 def _add_gallery_commands(add: _AddCommand) -> None:
@@ -669,6 +709,7 @@ def _add_gallery_commands(add: _AddCommand) -> None:
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass and per commit")
     sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes per rank")
+    _dtype_args(sp, "ROOT")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("search")
@@ -695,6 +736,7 @@ def _add_gallery_commands(add: _AddCommand) -> None:
     sp.add_argument("--port", type=int, default=8000, help="TCP port")
     sp.add_argument("--max-batch", type=int, default=32, help="most images per batched model call")
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    _dtype_args(sp, "a --gallery folder")
     sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
     sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
 

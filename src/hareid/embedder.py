@@ -9,8 +9,11 @@ feats = emb.embed_boxes(frame_bgr, boxes_xyxy, bgr=True)    # OpenCV frame + (N,
 ```
 
 Backends: a hareid or torchreid checkpoint (``.pt`` / ``.pth`` / ``.safetensors``) or a model
-object runs in PyTorch (:func:`hareid.export.optimize_for_inference`, on the model's device, float32
-or the ``dtype`` asked for); an exported ``.onnx`` file runs in ONNX Runtime (``hareid[onnx]``), a
+object runs in PyTorch (:func:`hareid.export.optimize_for_inference`, on the model's device, in
+``dtype``: by default ``"auto"``, :func:`hareid.runtime.auto_dtype`: bf16 on a CPU with native bf16,
+a half type on CUDA, else float32; ``dtype=None`` for float32), or as int8 in ONNX Runtime
+(``dtype="int8"`` with ``calibration=`` images: :func:`hareid.quantize.quantize_int8`); an
+exported ``.onnx`` file runs in ONNX Runtime (``hareid[onnx]``), a
 TorchScript file (``.ts``, ``.torchscript``) in ``torch.jit``. All three share the preprocessing
 (the evaluation transform of :mod:`hareid.data.transforms`: resize to the model's input size,
 ImageNet normalisation) and the forward of :func:`hareid.evaluate.features.embed_batch`, so for the
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hareid.errors import DataError, HareidError
+from hareid.errors import ConfigError, DataError, HareidError
 from hareid.export import METADATA_KEY
 
 __all__ = ["BACKEND_ATOL", "Embedder"]
@@ -52,8 +55,14 @@ class Embedder:
         model: a checkpoint path, an exported ``.onnx`` / TorchScript path, or an ``nn.Module``.
         device: where a PyTorch backend runs (default: the module's device; for a path, CUDA when
             available, else CPU).
-        dtype: compute dtype of a PyTorch backend: ``None`` (float32), ``torch.bfloat16``,
-            ``torch.float16`` or ``"auto"`` (bf16 on CPUs with native bf16, fp16 on CUDA).
+        dtype: compute dtype of a checkpoint or module: ``"auto"`` (default; the one policy,
+            :func:`hareid.runtime.auto_dtype`: bf16 on CPUs with native bf16, a half type on CUDA,
+            else float32), ``None`` / ``"fp32"`` (float32), ``torch.bfloat16`` / ``"bf16"``,
+            ``torch.float16`` / ``"fp16"`` (CUDA), or ``"int8"`` (CPU, ONNX Runtime; needs
+            ``calibration``).
+        calibration: for ``dtype="int8"``: a few hundred images of the target domain (a folder, a
+            list of images as :meth:`embed` takes them, or a normalised ``(N, 3, H, W)`` tensor);
+            at most ``num_calibration`` are used.
         batch_size: images per forward pass.
         flip: average each image's embedding with its mirror's (test-time augmentation).
         input_size: ``(H, W)``; default: the model's training size (checkpoint config, registry
@@ -66,11 +75,13 @@ class Embedder:
         model: str | os.PathLike | nn.Module,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = "auto",
         batch_size: int = 64,
         flip: bool = False,
         input_size: tuple[int, int] | None = None,
         info: dict | None = None,
+        calibration: Any = None,
+        num_calibration: int = 256,
     ) -> None:
         if batch_size < 1:
             raise HareidError(f"Embedder: batch_size must be >= 1, got {batch_size}")
@@ -106,22 +117,32 @@ class Embedder:
 
         self._transform = build_transforms(*self.input_size, mean=self.info.get("mean") or IMAGENET_MEAN,
                                            std=self.info.get("std") or IMAGENET_STD)[1]
+        if self.backend == "torch" and self.dtype == "int8":
+            self._init_int8(calibration, num_calibration)
+        elif calibration is not None:
+            raise HareidError("Embedder: calibration images are used only with dtype='int8'")
 
     # ------------------------------------------------------------------------------ backends
     def _init_torch(self, model: nn.Module, device: str | torch.device | None, dtype: Any) -> None:
-        from hareid.engine.runtime import resolve_amp
         from hareid.evaluate.features import inference_net, model_device
         from hareid.models import model_entry
+        from hareid.runtime import resolve_dtype
 
         model = model.eval()
         if device is not None:
             model = model.to(device)
         self.device = model_device(model)
-        if isinstance(dtype, str):
-            dtype = resolve_amp({"auto": "auto", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype),
-                                self.device, "Embedder dtype")
-        self.dtype = dtype
-        self._net = inference_net(model, dtype)
+        if isinstance(dtype, str) and dtype.lower() == "int8":
+            if self.device.type != "cpu":
+                raise HareidError(f"Embedder: dtype='int8' runs on the CPU (ONNX Runtime), the model is on "
+                                  f"{self.device}; use device='cpu' or dtype='auto'")
+            self.dtype, self._model = "int8", model  # quantised once the input size is known
+        else:
+            try:
+                self.dtype = resolve_dtype(dtype, self.device, "Embedder dtype")
+            except ConfigError as e:
+                raise HareidError(f"{e}; or dtype='int8' (CPU)") from None
+            self._net = inference_net(model, self.dtype)
         self.dim = int(getattr(model, "embed_dim", 0))
         spec = self.info.get("model") or {}
         if spec.get("name") and "mean" not in self.info:
@@ -132,6 +153,26 @@ class Embedder:
                 self.info.setdefault("width", entry.input_size[1])
             except ValueError:
                 pass
+
+    def _init_int8(self, calibration: Any, limit: int) -> None:
+        """Quantise the module to int8 (ONNX Runtime) on ``calibration`` images."""
+        from hareid.quantize import quantize_int8
+
+        if calibration is None:
+            raise HareidError("Embedder: dtype='int8' needs calibration images (calibration=FOLDER, a list of "
+                              "images or a normalised tensor): a few hundred crops of the target domain")
+        if isinstance(calibration, (str, os.PathLike)) and Path(calibration).is_dir():
+            from hareid.api import list_images
+
+            paths = list_images(calibration)
+            if not paths:
+                raise DataError(f"{calibration}: no images to calibrate int8 on")
+            step = max(1, len(paths) // limit)  # spread over the folder, not its first files
+            calibration = paths[::step][:limit]
+        if not isinstance(calibration, torch.Tensor):
+            calibration = self.preprocess(list(calibration)[:limit])
+        self._net = quantize_int8(self._model, calibration, *self.input_size, num_calibration=limit)
+        del self._model
 
     def _init_onnx(self, path: Path) -> None:
         try:
@@ -304,7 +345,7 @@ def embed(
         images = [images]
     if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
         raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(images.shape)}")
-    emb = Embedder(model, info=info, batch_size=batch_size, flip=flip,
+    emb = Embedder(model, info=info, batch_size=batch_size, flip=flip, dtype=None,  # float32, as eval
                    input_size=None if info else tuple(images.shape[2:]) if isinstance(images, torch.Tensor) else None)
     batch = images if isinstance(images, torch.Tensor) else emb.preprocess(list(images))
     return emb.embed_tensor(batch, normalize=False)

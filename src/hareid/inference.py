@@ -213,16 +213,10 @@ class InferenceModel(nn.Module):
 
 
 def inference_dtype(device: torch.device | str = "cpu") -> torch.dtype:
-    """The fastest sound run dtype on ``device``: bfloat16 where it is native (CPU with oneDNN bf16
-    support, i.e. avx512_bf16 / AMX; CUDA with bf16), else float32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        native = False
-    return torch.bfloat16 if native else torch.float32
+    """The ``"auto"`` run dtype on ``device``: :func:`hareid.runtime.auto_dtype`, the one policy."""
+    from hareid.runtime import auto_dtype  # (perf: one dtype policy for every entry point)
+
+    return auto_dtype(device)
 
 
 class _InDtype(nn.Module):

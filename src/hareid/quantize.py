@@ -18,13 +18,14 @@ Needs ``pip install 'hareid[onnx]'`` (onnx, onnxruntime).
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import io
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,16 @@ from torch import nn
 from hareid.errors import HareidError
 from hareid.export import METADATA_KEY, export_metadata
 
-__all__ = ["QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "load_int8", "quantize_int8"]
+__all__ = ["KEEP_FLOAT", "QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "load_int8", "quantizable_nodes",
+           "quantize_int8"]
 
 #: Operator types quantised (activations uint8, weights int8). Gemm/MatMul (the tiny attention and
 #: embedding heads) stay float: quantising them was slower and less accurate (measured).
 QUANTIZED_OPS = ("Conv", "MaxPool", "Concat", "Mul", "Add", "AveragePool", "GlobalAveragePool", "ReduceMean",
                  "Relu", "Sigmoid")
+#: Nodes :func:`quantize_int8` leaves in float by default (``fnmatch`` patterns over the exported
+#: graph's node names): see docs/performance.md ("int8 at parity") for the sensitivity table.
+KEEP_FLOAT: tuple[str, ...] = ()
 _HINT = "pip install 'hareid[onnx]'"
 _META = "hareid."
 
@@ -104,6 +109,36 @@ def _float_only_nodes(graph: Any) -> list[str]:
         if node.op_type not in ("ReduceMean", "GlobalAveragePool", "Shape"):
             stack.extend(node.input)
     return sorted(keep)
+
+
+def _matching_nodes(graph: Any, patterns: Sequence[str], strict: bool) -> list[str]:
+    """Names of the graph's nodes matching any pattern (exact name or ``fnmatch``); with ``strict``
+    a pattern that matches nothing is an error (a misspelt layer would silently stay int8)."""
+    names = [n.name for n in graph.node]
+    out: list[str] = []
+    for pat in patterns:
+        hit = [n for n in names if n == pat or fnmatch.fnmatchcase(n, pat)]
+        if not hit and strict:
+            raise HareidError(f"quantize_int8: keep_float pattern {pat!r} matches no node of the graph; "
+                              "hareid.quantize.quantizable_nodes(model) lists them")
+        out += hit
+    return out
+
+
+def quantizable_nodes(model: nn.Module, height: int, width: int, op_types: Sequence[str] = ("Conv",)) -> list[str]:
+    """Names of the nodes of ``op_types`` in ``model``'s exported inference graph, in graph order:
+    what ``keep_float`` of :func:`quantize_int8` names."""
+    import onnx
+
+    from hareid.inference import optimize_for_inference
+
+    inference = optimize_for_inference(model, dtype=torch.float32).cpu()
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(inference.graph, (torch.zeros(1, 3, height, width),), buf, dynamo=False,
+                          opset_version=17, input_names=["images"], output_names=["embeddings"])
+    return [n.name for n in onnx.load_from_string(buf.getvalue()).graph.node if n.op_type in op_types]
 
 
 class Int8Model(nn.Module):
@@ -174,6 +209,9 @@ def quantize_int8(
     per_channel: bool = True,
     method: str = "minmax",
     threads: int | None = None,
+    keep_float: Sequence[str] | None = None,
+    op_types: Sequence[str] = QUANTIZED_OPS,
+    calibration_cache: str | os.PathLike | None = None,
 ) -> Int8Model:
     """Statically quantise ``model``'s embedding graph to int8 for CPU inference.
 
@@ -187,6 +225,14 @@ def quantize_int8(
         method: activation range calibration, ``"minmax"``, ``"percentile"`` (99.999th) or
             ``"entropy"`` (ONNX Runtime's calibrators).
         threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
+        keep_float: nodes of the exported graph left in float: ONNX node names or ``fnmatch``
+            patterns (e.g. ``"/stem/*"``, ``"/attn.*"``; :func:`quantizable_nodes` lists them).
+            Default :data:`KEEP_FLOAT`, the layers whose int8 error moved nearest neighbours most
+            (``benchmarks/int8_sensitivity.py``); ``()`` quantises every convolution.
+        op_types: ONNX operator types quantised (default :data:`QUANTIZED_OPS`).
+        calibration_cache: a JSON file of activation ranges: written by the first call, read (no
+            calibration pass) by later ones with the same model, images and ``method``, e.g. when
+            trying several ``keep_float`` sets.
 
     Returns an :class:`Int8Model`. Raises :class:`HareidError` when onnx/onnxruntime are missing or
     the calibration data is unusable.
@@ -227,6 +273,7 @@ def quantize_int8(
             b = next(self._it, None)
             return None if b is None else {"images": b}
 
+    keep = list(KEEP_FLOAT if keep_float is None else keep_float)
     with tempfile.TemporaryDirectory(prefix="hareid-int8-") as tmp:
         fp32, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         example = torch.from_numpy(batches[0][:2])
@@ -237,11 +284,13 @@ def quantize_int8(
                               dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
             quant_pre_process(str(fp32), str(pre))
             graph = onnx.load(str(pre)).graph
+            excluded = _float_only_nodes(graph) + _matching_nodes(graph, keep, keep_float is not None)
             quantize_static(
                 str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                reduce_range=not cpu_has_vnni(), op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=_float_only_nodes(graph), calibrate_method=methods[method],
+                reduce_range=not cpu_has_vnni(), op_types_to_quantize=list(op_types),
+                nodes_to_exclude=sorted(set(excluded)), calibrate_method=methods[method],
+                calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
             )
         q = onnx.load(str(out))
     for key, value in (("height", h), ("width", w), ("embed_dim", inference.embed_dim), ("format", "int8-qdq")):

@@ -38,7 +38,6 @@ numbers from the same distances.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -466,7 +465,11 @@ class RankScorer:
 
 
 def _default_threads() -> int:
-    return min(8, os.cpu_count() or 1)
+    """Threads that sort chunks at once: the CPUs this process may use (affinity and cgroup quota,
+    not the host's count: threads beyond the quota are throttled), at most 8."""
+    from hareid.runtime import usable_cpus
+
+    return min(8, usable_cpus())
 
 
 def _cmc_from_first(first: np.ndarray, valid: np.ndarray, max_rank: int, denom: int) -> np.ndarray:
@@ -498,7 +501,7 @@ def evaluate_rank(
     is shorter than ``max_rank`` keeps its CMC at 1 after its first match (torchreid's Cython path
     reads stale memory there). ``num_repeats``/``seed`` apply to ``protocol="cuhk03"``;
     ``chunk_rows`` bounds the rows sorted at once (default: ~16 MiB worth; one chunk per thread
-    is live); ``num_threads`` (default: CPU count, at most 8) sorts chunks in parallel.
+    is live); ``num_threads`` (default: usable CPUs, at most 8) sorts chunks in parallel.
     Raises ``ValueError`` for bad shapes, an unknown protocol, or when no query has a match.
     """
     if protocol not in PROTOCOLS:

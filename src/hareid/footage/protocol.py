@@ -103,7 +103,8 @@ def embed_crops(model: torch.nn.Module, info: Mapping[str, Any], paths: Sequence
 
     was_training = model.training
     try:
-        return Embedder(model, info=dict(info), batch_size=batch_size).embed([str(p) for p in paths])
+        return Embedder(model, info=dict(info), batch_size=batch_size, dtype=None).embed(  # float32: scores
+            [str(p) for p in paths])
     finally:
         model.train(was_training)
 

@@ -142,8 +142,12 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
                   meta: str | os.PathLike | None = None, kind: str = "flat", nlist: int = 1024,
                   nprobe: int | None = None, pq_m: int = 64, collection: str | None = None,
                   token: str | None = None, batch_size: int = 64, workers: int = 2,
-                  progress: bool = True, embedder: Any = None) -> dict[str, Any] | None:
+                  progress: bool = True, embedder: Any = None, dtype: Any = "auto",
+                  calibration: Any = None) -> dict[str, Any] | None:
     """Index ``root`` into ``out`` (FAISS folder, milvus-lite ``.db`` or Milvus URI); resumable.
+
+    ``dtype`` / ``calibration``: the embedding precision, as :class:`hareid.Embedder` (``"auto"``:
+    :func:`hareid.runtime.auto_dtype`; ``"int8"`` calibrates on ``calibration``, default ``root``).
 
     Returns (on rank 0; ``None`` elsewhere) ``{"location", "total", "added", "skipped",
     "unreadable": [paths], "index": describe()}``.
@@ -159,7 +163,9 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
         _agree(records)
     if embedder is None:
         device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
-        embedder = load_embedder(checkpoint, device=device)
+        if dtype == "int8":
+            device, calibration = "cpu", calibration or root
+        embedder = load_embedder(checkpoint, device=device, dtype=dtype, calibration=calibration)
     index = None
     todo_mask = torch.ones(len(records), dtype=torch.uint8)
     if rank == 0:

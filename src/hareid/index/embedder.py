@@ -22,9 +22,9 @@ from hareid.embedder import Embedder
 class ModelEmbedder:
     """A checkpoint's :class:`hareid.Embedder` and its eager model."""
 
-    def __init__(self, model: nn.Module, info: dict):
+    def __init__(self, model: nn.Module, info: dict, dtype: Any = "auto", calibration: Any = None):
         self.model = model.eval()  # eager: forward_attention for the attention strips
-        self.embedder = Embedder(model, info=info)  # optimised copy for embeddings
+        self.embedder = Embedder(model, info=info, dtype=dtype, calibration=calibration)  # optimised copy
         self.info = self.embedder.info
         self.input_size = self.embedder.input_size
         self.dim = self.embedder.dim
@@ -42,11 +42,13 @@ class ModelEmbedder:
         return self.embedder.embed(images)
 
 
-def load_embedder(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> ModelEmbedder:
-    """The embedder of a checkpoint; ``device`` defaults to CUDA when available, else the CPU."""
+def load_embedder(checkpoint: str | os.PathLike, device: str | torch.device | None = None,
+                  dtype: Any = "auto", calibration: Any = None) -> ModelEmbedder:
+    """The embedder of a checkpoint; ``device`` defaults to CUDA when available, else the CPU;
+    ``dtype`` / ``calibration`` as :class:`hareid.Embedder` (``"auto"``: the runtime policy)."""
     from hareid.models.loading import load_model
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_model(checkpoint, device=device)
-    return ModelEmbedder(model, info)
+    return ModelEmbedder(model, info, dtype, calibration)

@@ -24,14 +24,30 @@ __all__ = ["Gallery", "Limits", "UploadError", "build_app", "check", "create_app
 def build_app(checkpoint: str | os.PathLike, gallery: str | os.PathLike, *,
               index: str | os.PathLike | None = None, uploads: str | os.PathLike | None = None,
               collection: str | None = None, limits: Limits | None = None, max_batch: int = 32,
-              device: str | None = None, progress: bool = True):
-    """Load the checkpoint, open (or first index) the gallery, return the ASGI app."""
+              device: str | None = None, progress: bool = True, dtype: Any = "auto",
+              calibration: str | os.PathLike | None = None):
+    """Load the checkpoint, open (or first index) the gallery, return the ASGI app.
+
+    ``dtype``: embedding precision, as :class:`hareid.Embedder` (default ``"auto"``: bf16 on a CPU
+    with native bf16, a half type on CUDA, else float32); ``"int8"`` runs ONNX Runtime on the CPU,
+    calibrated on ``calibration`` (a folder of images; default: ``gallery`` when it is a folder)."""
     from hareid.index.embedder import load_embedder
 
-    embedder = load_embedder(checkpoint, device=device)
+    if dtype == "int8":
+        if calibration is None and os.path.isdir(gallery) and not _is_index_folder(gallery):
+            calibration = gallery
+        device = "cpu"
+    embedder = load_embedder(checkpoint, device=device, dtype=dtype, calibration=calibration)
     g = open_gallery(gallery, embedder, index=index, uploads=uploads, collection=collection,
                      progress=progress)
     return create_app(embedder, g, limits or Limits(), max_batch=max_batch)
+
+
+def _is_index_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a FAISS + SQLite index folder written by ``hareid index``."""
+    from pathlib import Path
+
+    return (Path(path) / "gallery.sqlite").exists()  # hareid.index.faiss_store.DB_NAME
 
 
 def check(app: Any) -> dict[str, Any]:
