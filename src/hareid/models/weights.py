@@ -5,7 +5,10 @@ Reads, by path only (nothing is downloaded):
 * a hareid checkpoint (``.pt`` / ``.safetensors``, training or bare state_dict);
 * a torchreid HACNN checkpoint (keys renamed by :mod:`hareid.torchreid_compat`);
 * a torchvision ImageNet ResNet ``.pth`` for the ``resnet*_harm`` backbones (``conv1``, ``bn1``,
-  ``layer1`` -> the stem, ``layer2..4`` -> the three stages; ``fc`` is not used).
+  ``layer1`` -> the stem, ``layer2..4`` -> the three stages; ``fc`` is not used);
+* ImageNet MobileNetV2 weights for ``mobilenetv2_harm``, in torchvision's layout or the PyTorch
+  port's ``features.N.conv.M`` layout (mapped by structure,
+  :func:`hareid.models.mobilenetv2_harm.map_mobilenetv2`; ``features.18`` and ``classifier`` unused).
 
 Tensors whose name and shape match are copied; the rest keeps its fresh initialisation and is
 listed (missing from the file, or skipped because the shapes differ, e.g. classifiers for another
@@ -42,7 +45,7 @@ class InitReport:
 
     path: str
     sha256: str
-    source: str  # "hareid" | "torchreid" | "torchvision"
+    source: str  # "hareid" | "torchreid" | "torchvision" | "mobilenetv2-port"
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # model tensors the file lacks (fresh init kept)
     skipped: list[str] = field(default_factory=list)  # "key: file (a, b) vs model (c, d)"
@@ -90,7 +93,7 @@ def _rename(sd: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dic
     return out
 
 
-def _source_state_dict(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+def _source_state_dict(path: Path, model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     ckpt = load_checkpoint(path)
     sd = ckpt.get("state_dict", ckpt.get("model") if isinstance(ckpt.get("model"), Mapping) and
                   any(isinstance(v, torch.Tensor) for v in ckpt["model"].values()) else None)
@@ -104,13 +107,21 @@ def _source_state_dict(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
         return "torchreid", map_torchreid_keys(sd)
     if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
         return "torchvision", _rename(sd, _TORCHVISION_RESNET)
+    from hareid.models.mobilenetv2_harm import MobileNetV2Harm, is_mobilenetv2, map_mobilenetv2
+
+    layout = is_mobilenetv2(sd)
+    if layout is not None:
+        if not isinstance(model, MobileNetV2Harm):
+            raise CheckpointError(f"{path}: ImageNet MobileNetV2 weights fit model mobilenetv2_harm, not "
+                                  f"{type(model).__name__}; set model.name=mobilenetv2_harm")
+        return layout, map_mobilenetv2(sd, model, str(path))
     return "hareid", sd
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike) -> InitReport:
     """Copy the matching tensors of the file at ``path`` into ``model`` (in place); see the module doc."""
     path = Path(path)
-    source, sd = _source_state_dict(path)
+    source, sd = _source_state_dict(path, model)
     target = model.state_dict()
     report = InitReport(str(path), sha256_of(path), source)
     fit: dict[str, torch.Tensor] = {}
@@ -127,7 +138,8 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> InitReport:
         clash = report.skipped[:3] + [f"{k}: not in the model" for k in report.unused[:3 - len(report.skipped[:3])]]
         raise CheckpointError(
             f"{path}: does not fit model {type(model).__name__} (only {len(fit)} of the file's {len(sd)} "
-            f"tensors match; e.g. {'; '.join(clash)}); pass weights of the same architecture"
+            f"tensors match; e.g. {'; '.join(clash)}); "
+            + getattr(model, "init_hint", "pass weights of the same architecture")
         )
     model.load_state_dict(fit, strict=False)
     return report
