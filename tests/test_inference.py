@@ -105,8 +105,11 @@ def test_every_model_option(options: dict) -> None:
     torch.testing.assert_close(out, _ref(model, x), atol=FP32_ATOL, rtol=0)
 
 
-def test_resnet_backbone_generic_path() -> None:
-    model = trained_like(build_model("resnet18_harm", num_classes=5))
+@pytest.mark.parametrize("name", ["resnet18_harm", "mobilenetv2_harm"])
+def test_plain_backbone_generic_path(name: str) -> None:
+    """Backbones of plain torch modules (torchvision ResNet blocks; MobileNetV2's Conv2d, BN, ReLU6
+    sequences and residual adds): BN folded by the generic walk, the rest of the graph rewritten."""
+    model = trained_like(build_model(name, num_classes=5))
     x = torch.randn(2, 3, 128, 64)
     torch.testing.assert_close(optimize_for_inference(model)(x), _ref(model, x), atol=FP32_ATOL, rtol=0)
     low = optimize_for_inference(model, dtype=torch.bfloat16)(x)
