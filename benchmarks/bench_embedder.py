@@ -1,12 +1,13 @@
 """Crops per second through ``hareid.Embedder``, per backend, at batch 1 and 32.
 
-    python benchmarks/bench_embedder.py [--repeats 7] [--size 160x64] [--checkpoint CKPT]
+    python benchmarks/bench_embedder.py [--repeats 7] [--size 160x64] [--checkpoint CKPT | --model NAME ...]
 
 Backends: PyTorch eager (float32 and, where the CPU has it, bfloat16), TorchScript and ONNX Runtime
 (both exported from the same model). Each call embeds a list of uint8 crops (HxWx3, 128x48 as a
 detector would give them), so preprocessing (resize, normalise) is included, as a tracker sees it.
 Contenders are timed interleaved, median of ``--repeats``; compare ratios within one run. Without
-``--checkpoint`` a randomly initialised HA-CNN is used (speed does not depend on the weights).
+``--checkpoint`` a randomly initialised model of each ``--model`` (default ``hacnn``) is used (speed
+does not depend on the weights); several ``--model`` are timed interleaved in one table.
 """
 
 from __future__ import annotations
@@ -36,35 +37,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--size", default="160x64", help="model input HxW")
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--model", action="append", default=None,
+                    help="registered model, randomly initialised (repeatable; default hacnn)")
     args = ap.parse_args(argv)
     h, w = (int(v) for v in args.size.split("x"))
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (128, 48, 3), dtype=np.uint8) for _ in range(32)]
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(args.checkpoint or Path(tmp) / "hacnn.pt")
-        if args.checkpoint is None:
-            torch.manual_seed(0)
-            model = build_model("hacnn", num_classes=10)
-            cfg = {"data": {"height": h, "width": w}}
-            save_checkpoint({"state_dict": model.state_dict(), "model": {"name": "hacnn", "num_classes": 10},
-                             "config": cfg}, ckpt)
-        backends: dict[str, Embedder] = {"eager fp32": Embedder(ckpt, device="cpu")}
-        if cpu_has_bf16():
-            backends["eager bf16"] = Embedder(ckpt, device="cpu", dtype=torch.bfloat16)
-        for fmt, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
-            out = Path(tmp) / f"model{suffix}"
-            if hareid_main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0:
-                backends[fmt] = Embedder(out)
-        rng = np.random.default_rng(0)
-        crops = [rng.integers(0, 256, (128, 48, 3), dtype=np.uint8) for _ in range(32)]
-        try:  # int8 through ONNX Runtime, calibrated on the crops themselves (speed only)
-            from hareid.api import load_model
-            from hareid.quantize import quantize_int8
-
-            model, _ = load_model(ckpt)
-            calib = backends["eager fp32"].preprocess(crops)
-            out = quantize_int8(model, calib, num_calibration=32).save(Path(tmp) / "model.int8.onnx")
-            backends["onnx int8"] = Embedder(out)
-        except Exception as e:  # onnx extra missing: the table says so
-            print(f"(int8 skipped: {type(e).__name__}: {e})")
+        if args.checkpoint:
+            ckpts = {"": Path(args.checkpoint)}
+        else:
+            ckpts = {}
+            for name in args.model or ["hacnn"]:
+                torch.manual_seed(0)
+                model = build_model(name, num_classes=10)
+                cfg = {"data": {"height": h, "width": w}}
+                ckpts[name] = Path(tmp) / f"{name}.pt"
+                save_checkpoint({"state_dict": model.state_dict(), "model": {"name": name, "num_classes": 10},
+                                 "config": cfg}, ckpts[name])
+        backends: dict[str, Embedder] = {}
+        for name, ckpt in ckpts.items():
+            backends.update(_backends(name + " " * bool(name), ckpt, Path(tmp) / (name or "model"), crops))
         print(machine_line())
         print(f"input {h}x{w}, crops 128x48 uint8, median of {args.repeats} interleaved calls\n")
         print("| backend | batch 1 (crops/s) | batch 32 (crops/s) | ms per crop at 32 |")
@@ -82,6 +75,29 @@ def main(argv: list[str] | None = None) -> int:
             one, many = (statistics.median(times[(name, n)]) for n in (1, 32))
             print(f"| {name} | {1 / one:.1f} | {32 / many:.1f} | {1000 * many / 32:.2f} |")
     return 0
+
+
+def _backends(prefix: str, ckpt: Path, tmp: Path, crops: list[np.ndarray]) -> dict[str, Embedder]:
+    """The Embedder backends of one checkpoint, named ``prefix + backend``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    backends: dict[str, Embedder] = {f"{prefix}eager fp32": Embedder(ckpt, device="cpu")}
+    if cpu_has_bf16():
+        backends[f"{prefix}eager bf16"] = Embedder(ckpt, device="cpu", dtype=torch.bfloat16)
+    for fmt, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
+        out = tmp / f"model{suffix}"
+        if hareid_main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0:
+            backends[f"{prefix}{fmt}"] = Embedder(out)
+    try:  # int8 through ONNX Runtime, calibrated on the crops themselves (speed only)
+        from hareid.api import load_model
+        from hareid.quantize import quantize_int8
+
+        model, _ = load_model(ckpt)
+        calib = backends[f"{prefix}eager fp32"].preprocess(crops)
+        out = quantize_int8(model, calib, num_calibration=32).save(tmp / "model.int8.onnx")
+        backends[f"{prefix}onnx int8"] = Embedder(out)
+    except Exception as e:  # onnx extra missing: the table says so
+        print(f"({prefix}int8 skipped: {type(e).__name__}: {e})")
+    return backends
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def test_defaults_and_shipped_recipes_load() -> None:
     assert {"hacnn_market1501", "hacnn_synthetic"} <= set(names)
     for name in names:
         cfg = load_config(name)
-        assert cfg.model.name == "hacnn"
+        assert cfg.model.name == ("mobilenetv2_harm" if name.startswith("mobilenetv2") else "hacnn")
     m = load_config("hacnn_market1501")
     assert (m.data.height, m.data.width, m.data.batch_size) == (160, 64, 32)
     assert m.optim.lr == pytest.approx(5e-4)  # written "5.0e-4"; a bare "5e-4" is a YAML string

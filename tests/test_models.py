@@ -26,7 +26,7 @@ def model(request) -> HarmNet:
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_models() -> None:
-    assert {"hacnn", "resnet18_harm", "resnet50_harm"} <= set(MODELS)
+    assert {"hacnn", "resnet18_harm", "resnet50_harm", "mobilenetv2_harm"} <= set(MODELS)
 
 
 def test_unknown_model_and_option_raise() -> None:

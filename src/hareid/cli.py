@@ -71,9 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     The run folder (output_dir) receives config.yaml (the resolved config), metrics.jsonl,
     checkpoints/last.pt and best.pt, and eval.json. Shipped recipes: hacnn_synthetic,
-    hacnn_finetune, hacnn_market1501, hacnn_dukemtmc, hacnn_cuhk03, hacnn_msmt17. A folder that
-    holds another run is refused: resume it with train.resume=auto, or pass --overwrite. Start from
-    existing weights with model.init=PATH (a hareid or torchreid checkpoint, a torchvision .pth).
+    hacnn_finetune, hacnn_market1501, hacnn_dukemtmc, hacnn_cuhk03, hacnn_msmt17,
+    mobilenetv2_synthetic. A folder that holds another run is refused: resume it with
+    train.resume=auto, or pass --overwrite. Start from existing weights with model.init=PATH (a
+    hareid or torchreid checkpoint, a torchvision ResNet or MobileNetV2 .pth, or
+    pkg:PACKAGE/FILE for weights an installed package ships).
     """
     from hareid.config import load_config
     from hareid.engine import Trainer

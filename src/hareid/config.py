@@ -105,6 +105,7 @@ class OptimConfig:
     min_lr: float = 0.0  # cosine floor
     warmup_epochs: int = 0  # linear warmup, per iteration, from lr * warmup_factor
     warmup_factor: float = 0.1
+    backbone_lr_mult: float = 1.0  # lr x this for the stem and stages (pretrained backbones: < 1)
 
 
 @dataclass
@@ -465,6 +466,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be < train.epochs={t.epochs}")
     if not 0.0 < o.warmup_factor <= 1.0:
         raise ConfigError(f"optim.warmup_factor: must be in (0, 1], got {o.warmup_factor}")
+    if not o.backbone_lr_mult >= 0.0:
+        raise ConfigError(f"optim.backbone_lr_mult: must be >= 0 (1 = same lr as the new layers), "
+                          f"got {o.backbone_lr_mult}")
 
 
 # ------------------------------------------------------------------------------------ public API

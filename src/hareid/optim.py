@@ -11,6 +11,7 @@ Only ``torch.optim.lr_scheduler`` classes are used, so their ``state_dict`` resu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,12 +26,17 @@ __all__ = ["build_optimizer", "build_scheduler", "current_lr"]
 def build_optimizer(params: nn.Module | Iterable[torch.Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam, AMSGrad (Adam with ``amsgrad=True``) or SGD with momentum over trainable parameters.
 
+    Given a model and ``cfg.backbone_lr_mult != 1``, two parameter groups: the head at ``cfg.lr``
+    and the backbone (the model's ``param_groups()["backbone"]``) at ``cfg.lr * backbone_lr_mult``.
+
     Uses PyTorch's fused implementation (one kernel over all parameters) where it exists for the
     parameters' device (CPU, CUDA), else the default one: same update rule, one pass over HA-CNN's
     310 parameter tensors instead of one per tensor (``benchmarks/bench_model.py`` times it). State dicts are
     interchangeable between implementations, so checkpoints resume either way.
     """
+    groups: list[dict[str, Any]] | None = None
     if isinstance(params, nn.Module):
+        groups = _lr_groups(params, cfg)
         params = [p for p in params.parameters() if p.requires_grad]
     params = list(params)
     if cfg.name in ("adam", "amsgrad"):
@@ -45,12 +51,33 @@ def build_optimizer(params: nn.Module | Iterable[torch.Tensor], cfg: OptimConfig
         )
     else:
         raise ConfigError(f"optim.name: unknown optimiser {cfg.name!r}; use adam, amsgrad or sgd")
+    target: Any = groups if groups is not None else params
     if params and all(isinstance(p, torch.Tensor) and p.is_floating_point() for p in params):
         try:
-            return cls(params, fused=True, **kwargs)
+            return cls(target, fused=True, **kwargs)
         except (RuntimeError, ValueError):  # no fused kernel for this device / dtype
             pass
-    return cls(params, **kwargs)
+    return cls(target, **kwargs)
+
+
+def _lr_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]] | None:
+    """Parameter groups for ``optim.backbone_lr_mult``: the head first (its lr is the one logged),
+    then the backbone at ``lr * backbone_lr_mult``; ``None`` (one group) when the multiplier is 1.
+
+    The model names its groups with ``param_groups()`` (:meth:`hareid.models.core.HarmNet.param_groups`);
+    a DDP / compiled wrapper is looked through. Schedules scale every group's lr by the same factor.
+    """
+    mult = cfg.backbone_lr_mult
+    if mult == 1.0:
+        return None
+    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
+    hook = getattr(inner, "param_groups", None)
+    if not callable(hook):
+        raise ConfigError(f"optim.backbone_lr_mult={mult}: {type(inner).__name__} has no param_groups() "
+                          "naming its backbone; leave optim.backbone_lr_mult at 1.0")
+    named = hook()
+    return [{"params": named["head"], "lr": cfg.lr, "name": "head"},
+            {"params": named["backbone"], "lr": cfg.lr * mult, "name": "backbone"}]
 
 
 def build_scheduler(
@@ -91,5 +118,5 @@ def build_scheduler(
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The learning rate of the first parameter group."""
+    """The learning rate of the first parameter group (the head's when the backbone has its own)."""
     return float(optimizer.param_groups[0]["lr"])

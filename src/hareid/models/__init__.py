@@ -2,16 +2,20 @@
 (defaults: input size, mean/std, options), ``register_model``.
 
 Registered: ``hacnn`` (HA-CNN), ``resnet18_harm``, ``resnet50_harm`` (torchvision ResNets with
-harmonious attention). ``load_model(path)`` rebuilds one from a checkpoint. All share :class:`hareid.models.core.HarmNet` and its output contract.
+harmonious attention), ``mobilenetv2_harm`` (MobileNetV2 that reads ImageNet weights).
+``load_model(path)`` rebuilds one from a checkpoint. All share :class:`hareid.models.core.HarmNet` and its
+output contract.
 """
 
 from hareid.models import hacnn as _hacnn  # noqa: F401  (registers "hacnn")
+from hareid.models import mobilenetv2_harm as _mobilenetv2_harm  # noqa: F401  (registers "mobilenetv2_harm")
 from hareid.models import resnet_harm as _resnet_harm  # noqa: F401  (registers the ResNets)
 from hareid.models.core import HarmNet
 from hareid.models.hacnn import HACNN
 from hareid.models.loading import load_model, model_from_checkpoint
+from hareid.models.mobilenetv2_harm import MobileNetV2Harm
 from hareid.models.registry import ModelEntry, build_model, list_models, model_entry, register_model
 from hareid.models.resnet_harm import ResNetHarm
 
-__all__ = ["HACNN", "HarmNet", "ModelEntry", "ResNetHarm", "build_model", "list_models", "load_model", "model_entry",
-           "model_from_checkpoint", "register_model"]
+__all__ = ["HACNN", "HarmNet", "MobileNetV2Harm", "ModelEntry", "ResNetHarm", "build_model", "list_models", "load_model",
+           "model_entry", "model_from_checkpoint", "register_model"]

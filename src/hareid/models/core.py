@@ -258,6 +258,18 @@ class HarmNet(nn.Module):
                 + (" and the stage-1 regions must be >= 5 px per side" if self.local_branch else "")
             )
 
+    # ----------------------------------------------------------------------------- optimiser
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by role: ``"backbone"`` (stem and stages: what ImageNet weights fill)
+        and ``"head"`` (attention, local branch, embedding layers, classifiers: always new). Used by
+        :func:`hareid.optim.build_optimizer` for ``optim.backbone_lr_mult``."""
+        backbone = {id(p) for m in (self.stem, self.stages) for p in m.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups["backbone" if id(p) in backbone else "head"].append(p)
+        return groups
+
     # ----------------------------------------------------------------------------- forward
     def _run(self, x: torch.Tensor, record: dict[str, list[torch.Tensor]] | None = None):
         if not (torch.jit.is_tracing() or torch.jit.is_scripting()):

