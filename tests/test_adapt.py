@@ -138,7 +138,7 @@ def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsy
     monkeypatch.setattr(torch, "load", counting_load)
     rc = main(["adapt", str(tiny.checkpoint), str(video), "--out", str(run), "--quiet",
                "train.epochs=2", "adapt.holdout=0.45", "adapt.min_crops=4", "adapt.merge=true", "data.batch_size=8",
-               "data.num_instances=4", "data.workers=0", "train.progress=false"])
+               "data.num_instances=4", "data.workers=0", "train.progress=false", "loss.attn_weight=1"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-2000:]
     assert len(reads) == 1, f"adapt read its checkpoint {len(reads)} times"
@@ -161,6 +161,9 @@ def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsy
     assert (run / "tracklets" / "tracklets.json").is_file()
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics if "mAP" in m] == [1, 2]
+    # the footage's foreground masks taught the attention: the term was computed every epoch
+    assert [m["epoch"] for m in metrics if "attn_loss" in m] == [1, 2]
+    assert all(0 < m["attn_loss"] < 10 for m in metrics if "attn_loss" in m)
     # every other command takes the adapted checkpoint
     assert main(["eval", str(run / "checkpoints" / "best.pt"), str(run / "tracklets"), "--workers", "0",
                  "--json", str(tmp_path / "e.json")]) == 0

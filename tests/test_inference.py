@@ -85,7 +85,8 @@ def test_bf16_close_to_eager_and_to_autocast(hacnn: nn.Module) -> None:
 #: Options that take one of a few names: every name is a parity case.
 CHOICES: dict[str, tuple] = {"soft_mask": SOFT_MASKS, "region_sampling": REGION_SAMPLING_MODES}
 #: Non-default values of the numeric / tuple options (booleans are flipped, choices enumerated).
-VALUES: dict[str, list] = {"num_regions": [3], "feature_dim": [64], "reduction": [8], "channels": [(64, 128, 192)]}
+VALUES: dict[str, list] = {"num_regions": [3], "feature_dim": [64], "reduction": [8], "channels": [(64, 128, 192)],
+                          "local_expand": [1]}
 
 
 def _option_cases(default: object, name: str) -> list:

@@ -139,6 +139,7 @@ class Trainer:
         self._num_classes = num_classes
         self._model_spec = dict(model_spec) if model_spec is not None else None
         self.callbacks = list(callbacks)
+        self.last_attn: float | None = None  # the last step's attention-loss term (loss.attn_weight > 0)
         self.overwrite = overwrite
         self.run_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -494,7 +495,8 @@ class Trainer:
             person = person.to(self.device, non_blocking=True)
         with self._autocast():
             outputs = self.train_model(images)
-        loss, _parts = self.loss_fn(outputs, targets, person if self.loss_fn.needs_attention else None)
+        loss, parts = self.loss_fn(outputs, targets, person if self.loss_fn.needs_attention else None)
+        self.last_attn = float(parts["attn"]) if "attn" in parts else None  # the attention term, for the log
         logits = _first_logits(outputs)
         correct = int((logits.argmax(1) == targets).sum()) if logits is not None else 0
         loss_val, stop = float(loss.detach()), self._stop_requested
@@ -542,6 +544,8 @@ class Trainer:
                 person = batch[4] if len(batch) > 4 else None  # masks=True loaders
                 loss_val, correct, bs, stop = self._step(batch[0], batch[1], epoch, b, person)
                 stats["loss_sum"] += loss_val * bs
+                if self.last_attn is not None:
+                    stats["attn_sum"] = stats.get("attn_sum", 0.0) + self.last_attn * bs
                 stats["correct"] += correct
                 stats["seen"] += bs
                 elapsed = stats["time"] + time.perf_counter() - tic
@@ -567,6 +571,8 @@ class Trainer:
         out = {"epoch": epoch + 1, "iteration": self.iteration, "loss": stats["loss_sum"] / seen,
                "acc": stats["correct"] / seen, "lr": current_lr(self.optimizer),
                "images_per_s": stats["seen"] * world / max(stats["time"], 1e-9)}
+        if "attn_sum" in stats:  # the attention term's own mean: how well the soft masks fit the person
+            out["attn_loss"] = stats["attn_sum"] / seen
         if stopped_at is not None:
             out.update(stopped_at=stopped_at, _progress=stats, _rng_epoch_start=rng_start)
         return out
