@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -242,10 +244,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
                     collection=args.collection, max_batch=args.max_batch, device=args.device,
-                    progress=not args.quiet)
+                    progress=not args.quiet, images=args.images, host=args.host,
+                    allow_origins=args.allow_origin)
     gallery = app.state.gallery
     print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
           f"{gallery.index.kind}); uploads go to {gallery.uploads}")
+    if len(gallery.roots) == 1:  # an index without --images: only uploads are served
+        print(f"[hareid] gallery images are not served: pass --images FOLDER (this index was built "
+              f"from {gallery.stored_root or 'an unknown folder'})", file=sys.stderr)
     if args.check:
         out = check(app)
         h = out["health"]
@@ -440,6 +446,14 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (checked before any indexing)."""
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be <= 65535, got {value}")
+    return value
+
+
 def _num_test_ids(dataset: Any) -> int | None:
     query = getattr(dataset, "query", None)
     return len({r.pid for r in query}) if query else None
@@ -630,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="output file (default: CHECKPOINT with .onnx / .ts)")
     sp.add_argument("--height", type=_positive, default=None, help="input height (default: the training size)")
     sp.add_argument("--width", type=_positive, default=None, help="input width (default: the training size)")
-    sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    sp.add_argument("--opset", type=_positive, default=17, help="ONNX opset (7 to the installed exporter's newest)")
 
     sp = add("index")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
@@ -645,9 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "source, pid columns")
     sp.add_argument("--kind", default="flat", choices=["flat", "ivf", "ivfpq"],
                     help="exact, inverted lists, or inverted lists + product quantisation (10M+)")
-    sp.add_argument("--nlist", type=int, default=1024, help="IVF lists (kind ivf / ivfpq)")
-    sp.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default 16)")
-    sp.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantisers (bytes per vector)")
+    sp.add_argument("--nlist", type=_positive, default=1024, help="IVF lists (kind ivf / ivfpq)")
+    sp.add_argument("--nprobe", type=_positive, default=None, help="IVF lists visited per query (default 16)")
+    sp.add_argument("--pq-m", type=_positive, default=64, help="PQ sub-quantisers (bytes per vector)")
     sp.add_argument("--ivf", type=int, default=0, help="same as --kind ivf --nlist N (0: off)")
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass and per commit")
@@ -674,9 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--uploads", default=None,
                     help="folder for images added through the API (default: beside the index)")
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
+    sp.add_argument("--images", default=None,
+                    help="folder the images of an index --gallery are served from (default: the "
+                         "--gallery folder; an index's stored settings never decide)")
+    sp.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web origin (https://app.example:443) allowed to call the API besides the "
+                         "page itself (repeatable); other origins and Host names get 403")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    sp.add_argument("--port", type=int, default=8000, help="TCP port")
-    sp.add_argument("--max-batch", type=int, default=32, help="most images per batched model call")
+    sp.add_argument("--port", type=_port, default=8000, help="TCP port")
+    sp.add_argument("--max-batch", type=_positive, default=32, help="most images per batched model call")
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
     sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
@@ -759,6 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    previous = _stop_on_sigterm()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -769,6 +790,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"hareid: error: {_one_line(e, args.debug)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> Any:
+    """The one signal policy of every command: SIGTERM acts as Ctrl-C (KeyboardInterrupt), so that
+    cleanup runs (temporary folders removed, partial indexes undone) and the exit code is 130.
+    ``train`` and ``adapt`` install their own handlers while training (checkpoint, then 130).
+    Returns the handler it replaced (None off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _one_line(e: BaseException, debug: bool = False) -> str:

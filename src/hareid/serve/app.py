@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +39,17 @@ import numpy as np
 import torch
 
 from hareid.errors import HareidError
+from hareid.fileio import umask_mode
 from hareid.index import Filter, Item, VectorIndex
 from hareid.serve.batching import MicroBatcher
-from hareid.serve.limits import BodyLimit, Limits, UploadError, check_filename, decode_image
+from hareid.serve.limits import (
+    BodyLimit,
+    Limits,
+    OriginGuard,
+    UploadError,
+    check_filename,
+    decode_image,
+)
 
 STATIC = Path(__file__).parent / "static"
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
@@ -62,26 +70,58 @@ class Gallery:
     """An opened gallery: its index, the folders images may be served from, the upload folder."""
 
     index: VectorIndex
-    roots: list[Path]
+    roots: list[Path]  # from the command line only: the --gallery (or --images) folder, the uploads
     uploads: Path
     facets: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the folder the index says it was built from: only a prefix to re-root stored paths onto
+    #: ``roots`` (a moved or copied gallery serves its own files), never a folder files are served from
+    stored_root: str | None = None
+    #: serialises the writes (store + add, delete + unlink) so that a loser never touches the winner's file
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _candidates(self, path: str) -> list[Path]:
+        p = Path(path)
+        out = []
+        if self.stored_root and p.is_absolute():
+            with contextlib.suppress(ValueError):
+                rel = p.relative_to(self.stored_root)
+                if ".." not in rel.parts:
+                    out += [r / rel for r in self.roots if r != self.uploads_real]
+        return [*out, p]
+
+    @property
+    def uploads_real(self) -> Path:
+        return self.uploads.resolve()
 
     def resolve(self, path: str) -> Path | None:
-        """The real file of a stored path if it lies under a gallery root, else None."""
-        try:
-            real = Path(path).resolve(strict=True)
-        except (OSError, RuntimeError):
-            return None
-        ok = real.is_file() and any(real.is_relative_to(r) for r in self.roots)
-        return real if ok else None
+        """The real file of a stored path if it lies under a root given on the command line, else None."""
+        for cand in self._candidates(path):
+            try:
+                real = cand.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if real.is_file() and any(real.is_relative_to(r) for r in self.roots):
+                return real
+        return None
 
     def relative(self, path: str) -> str:
-        p = Path(path)
-        for r in self.roots:
+        real = self.resolve(path)
+        for r in self.roots if real is not None else []:
             with contextlib.suppress(ValueError):
-                return p.resolve().relative_to(r).as_posix()
-        return p.name
+                return real.relative_to(r).as_posix()
+        if self.stored_root:
+            with contextlib.suppress(ValueError):
+                return Path(path).relative_to(self.stored_root).as_posix()
+        return Path(path).name
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the server's absolute folders (error details name files relative to them)."""
+        for folder in sorted({*(str(r) for r in self.roots), str(self.uploads), self.stored_root or ""},
+                             key=len, reverse=True):
+            if len(folder) > 1:
+                text = text.replace(folder.rstrip("/") + "/", "").replace(folder, ".")
+        return text
 
     def refresh_facets(self) -> dict[str, Any]:
         f = self.index.facets()
@@ -110,15 +150,20 @@ def default_uploads(location: str | os.PathLike) -> Path:
 
 def open_gallery(gallery: str | os.PathLike, embedder: Any, *, index: str | os.PathLike | None = None,
                  uploads: str | os.PathLike | None = None, collection: str | None = None,
-                 progress: bool = True) -> Gallery:
+                 progress: bool = True, images: str | os.PathLike | None = None) -> Gallery:
     """``--gallery``: an index (FAISS folder, ``.db``, Milvus URI) or a folder of images / dataset,
-    which is indexed first (into ``index``, default ``GALLERY/.hareid-index``; resumable)."""
+    which is indexed first (into ``index``, default ``GALLERY/.hareid-index``; resumable).
+
+    Files are served only from the folders the caller names: ``images`` (default: the gallery
+    folder; an index alone serves no gallery file) and the upload folder. The index's stored
+    settings never widen that: a crafted or copied index cannot make the server read elsewhere."""
     from hareid.index import open_index
     from hareid.index.build import index_gallery
     from hareid.index.faiss_store import DB_NAME
     from hareid.index.milvus_store import is_milvus_uri
 
     g = str(gallery)
+    folder: Path | None = None
     if is_milvus_uri(g) or (Path(g) / DB_NAME).is_file():
         location: str | os.PathLike = g
     else:
@@ -136,10 +181,14 @@ def open_gallery(gallery: str | os.PathLike, embedder: Any, *, index: str | os.P
                           f"{embedder.dim}-d; serve it with the checkpoint it was built with")
     up = Path(uploads) if uploads else default_uploads(location)
     up.mkdir(parents=True, exist_ok=True)
-    root = idx.get_setting("root")
-    roots = [Path(root).resolve()] if root else []
+    served = images if images is not None else folder
+    if served is not None and not Path(served).is_dir():
+        idx.close()
+        raise HareidError(f"{served}: --images is not a folder; pass the folder the gallery images are in")
+    roots = [Path(served).resolve()] if served is not None else []
     roots.append(up.resolve())
-    out = Gallery(idx, roots, up)
+    stored = idx.get_setting("root")
+    out = Gallery(idx, roots, up, stored_root=str(stored) if isinstance(stored, str) and stored else None)
     out.refresh_facets()
     return out
 
@@ -172,8 +221,14 @@ MAX_ID = 2**63 - 1
 
 
 def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *, max_batch: int = 32,
-               max_wait_s: float = 0.004, close_gallery: bool = True):
-    """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery."""
+               max_wait_s: float = 0.004, close_gallery: bool = True, hosts: Sequence[str] = (),
+               allow_origins: Sequence[str] = ()):
+    """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery.
+
+    Requests must be addressed to a loopback name or one of ``hosts``, and come from the page
+    itself or one of ``allow_origins`` (:class:`~hareid.serve.limits.OriginGuard`)."""
+    if max_batch < 1:
+        raise HareidError(f"max_batch must be >= 1, got {max_batch}")
     fastapi = _fastapi()
     limits = limits or Limits()
     from fastapi import File, Form, UploadFile
@@ -216,15 +271,16 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
     one_image = limits.max_image_bytes + 2**20  # one image + form fields
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
                        per_path={"/search": one_image, "/embed": one_image})
+    app.add_middleware(OriginGuard, hosts=list(hosts), origins=list(allow_origins))  # outermost
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request: Any, e: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": e.message}, status_code=e.status)
+        return JSONResponse({"detail": gallery.scrub(e.message)}, status_code=e.status)
 
     @app.exception_handler(HareidError)
     async def _user_error(_request: Any, e: HareidError) -> JSONResponse:
-        return JSONResponse({"detail": str(e).splitlines()[0]}, status_code=422)
+        return JSONResponse({"detail": gallery.scrub(str(e).splitlines()[0])}, status_code=422)
 
     # ----------------------------------------------------------------- schemas
     class ItemOut(BaseModel):
@@ -427,18 +483,24 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         srcs, pids = per_image(source, "source", "upload"), per_image(pid, "pid", -1)
         prepared = [await image_tensor(f) for f in images]  # every file checked before any is kept
         vecs = await asyncio.gather(*[embed_batcher.submit(x) for x, _, _ in prepared])
-        saved: list[tuple[Path, bool]] = []
-        try:
-            for _, data, _ in prepared:
-                saved.append(await run_in_threadpool(_store, gallery.uploads, data))
-            ids = await run_in_threadpool(index.add, np.stack(vecs), [str(p) for p, _ in saved],
-                                          pids, cams, times, srcs)
-        except (HareidError, ValueError, OverflowError) as e:
-            for p, created in saved:  # keep no file the index does not hold
-                if created:
-                    p.unlink(missing_ok=True)
-            raise UploadError(409 if "already in the index" in str(e) else 422,
-                              str(e).splitlines()[0]) from None
+
+        def store_and_add() -> np.ndarray:
+            # one writer at a time: a request that loses (409) removes only files it created while
+            # holding the lock, so never the file of the request that won
+            with gallery.write_lock:
+                saved: list[tuple[Path, bool]] = []
+                try:
+                    for _, data, _ in prepared:
+                        saved.append(_store(gallery.uploads, data))
+                    return index.add(np.stack(vecs), [str(p) for p, _ in saved], pids, cams, times, srcs)
+                except (HareidError, ValueError, OverflowError) as e:
+                    for p, created in saved:  # keep no file the index does not hold
+                        if created:
+                            p.unlink(missing_ok=True)
+                    raise UploadError(409 if "already in the index" in str(e) else 422,
+                                      str(e).splitlines()[0]) from None
+
+        ids = await run_in_threadpool(store_and_add)
         gallery.note_added(cams, srcs, times)
         items = await run_in_threadpool(index.get, ids.tolist())
         return AddOut(ids=ids.tolist(), items=[item_out(it) for it in items if it], count=len(index))
@@ -475,12 +537,19 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
     @app.delete("/gallery/{item_id}", summary="Remove an item (and its uploaded file)")
     async def delete(item_id: ItemId) -> dict[str, int]:
         it = await run_in_threadpool(get_item, item_id)
-        if not await run_in_threadpool(index.delete, [item_id]):
+
+        def delete_and_unlink() -> bool:
+            with gallery.write_lock:  # an add of the same image waits: it never loses its new file
+                if not index.delete([item_id]):
+                    return False
+                real = gallery.resolve(it.path)
+                if real is not None and real.is_relative_to(gallery.uploads_real):
+                    real.unlink(missing_ok=True)
+                return True
+
+        if not await run_in_threadpool(delete_and_unlink):
             raise UploadError(404, f"gallery item {item_id} not found")
         attn_cache.drop(item_id)
-        real = gallery.resolve(it.path)
-        if real is not None and real.is_relative_to(gallery.uploads.resolve()):
-            real.unlink(missing_ok=True)
         return {"deleted": item_id, "count": len(index)}
 
     app.state.gallery, app.state.embedder = gallery, embedder
@@ -498,9 +567,16 @@ def _store(folder: Path, data: bytes) -> tuple[Path, bool]:
     if dest.exists():
         return dest, False
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, umask_mode())
+        try:  # link, not replace: of two writers (even two processes) only one creates the file
+            os.link(tmp, dest)
+        except FileExistsError:
+            return dest, False
+    finally:
+        os.unlink(tmp)
     return dest, True
 
 

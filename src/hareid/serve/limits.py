@@ -160,3 +160,81 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+#: Names a loopback server answers to when no other is allowed.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(value: str) -> str:
+    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1`` (lower case)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class OriginGuard:
+    """ASGI middleware: answer only requests addressed to this server, from its own page.
+
+    * ``Host`` must be a name the server answers to (loopback names, the bound address, the hosts
+      of allowed origins): a DNS-rebinding page reaches the port under its own name and gets 403.
+    * ``Origin``, when a browser sends one, must be the page's own (``http://`` + the Host the
+      request was sent to) or one of ``origins`` (``--allow-origin``); a web page that posts to the
+      server from elsewhere gets 403 and changes nothing. Allowed named origins get CORS headers.
+    Requests without an Origin (curl, scripts) pass the Origin check.
+    """
+
+    def __init__(self, app: Any, hosts: tuple[str, ...] | list[str] = (),
+                 origins: tuple[str, ...] | list[str] = ()):
+        from urllib.parse import urlsplit
+
+        self.app = app
+        self.origins = {o.strip().rstrip("/").lower() for o in origins if o.strip()}
+        self.hosts = {*LOOPBACK_HOSTS, *(_host_name(h) for h in hosts if h)}
+        self.hosts |= {urlsplit(o).hostname or "" for o in self.origins} - {""}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not host or _host_name(host) not in self.hosts:
+            await _forbid(send, f"Host {host[:80]!r} is not a name this server answers to; open it "
+                                "as http://127.0.0.1:PORT or start it with --allow-origin")
+            return
+        origin = headers.get(b"origin")
+        named = False
+        if origin is not None:
+            o = origin.decode("latin-1").strip().rstrip("/").lower()
+            named = o in self.origins
+            if not named and o not in (f"http://{host.lower()}", f"https://{host.lower()}"):
+                await _forbid(send, f"cross-origin request from {o[:80]!r} refused; allow it with "
+                                    "`hareid serve --allow-origin ORIGIN`")
+                return
+        if not named:
+            await self.app(scope, receive, send)
+            return
+        cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        if scope["method"] == "OPTIONS":  # a preflight from an allowed origin
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                *cors, (b"access-control-allow-methods", b"GET, POST, DELETE"),
+                (b"access-control-allow-headers", headers.get(b"access-control-request-headers", b"*"))]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
+
+
+async def _forbid(send: Any, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 403,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
