@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hareid.errors import DataError
+from hareid.fileio import ensure_disjoint
 from hareid.progress import progress as progress_bar
 
 __all__ = ["GalleryRecord", "gallery_records", "index_gallery"]
@@ -152,7 +153,10 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
     from hareid import distributed as hdist
     from hareid.index import open_index
     from hareid.index.embedder import load_embedder
+    from hareid.index.milvus_store import is_milvus_uri
 
+    if not is_milvus_uri(str(out)):  # the index may live inside the gallery, never hold or be it
+        ensure_disjoint(out, [root, meta, checkpoint], inside_ok=True)
     dist = hdist.init_distributed()
     rank, world = dist.rank, dist.world_size
     records = gallery_records(root, dataset, split, meta)

@@ -1,0 +1,218 @@
+"""Issue 21, "lose nothing, leak nothing": the new surfaces (footage, adapt, export, index) under a
+hostile but fair user. One regression test per numbered case, named after it; the server cases
+(2, 3, 4 and the serve side of 11 and 13) live in ``test_reliability_serve.py``.
+
+Each test does what the probe did and checks the one-line refusal (exit 2) or the clean stop
+(exit 130), and that the user's files are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _tiny import Tiny, get_tiny
+from test_reliability import (
+    FAST,
+    _png_header_only,
+    cli,
+    error_line,
+    finish,
+    hareid_process,
+    snapshot,
+    train,
+)
+
+from hareid.errors import DataError, HareidError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return get_tiny(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 40 PNG frames of walking figures (read-only: copy it to change it)."""
+    pytest.importorskip("cv2")
+    from _footage import make_frames
+
+    folder = tmp_path_factory.mktemp("footage") / "cam1" / "frames"
+    make_frames(folder, n=40)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("cv2")
+    from _footage import make_video
+
+    path = tmp_path_factory.mktemp("video") / "cam.avi"
+    make_video(path, n=60)
+    return path
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(src, dst)) if src.is_dir() else Path(shutil.copy(src, dst))
+
+
+# ------------------------------------------------------------------ 1. --out onto the footage
+@pytest.mark.parametrize("where", ["same", "parent", "video", "inside"])
+def test_case01_tracklets_out_equals_input_refused(where: str, frames: Path, video: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    """`--out` = the frames folder, its parent, the video itself or a folder inside the frames, with
+    --overwrite: one line, exit 2, the footage byte for byte as before."""
+    parent = _copy(frames.parent, tmp_path / "cam1")
+    footage = parent / "frames" if where != "video" else _copy(video, tmp_path / "cam.avi")
+    out = {"same": footage, "parent": parent, "video": footage, "inside": footage / "tracklets"}[where]
+    before = snapshot(parent) if where != "video" else footage.read_bytes()
+    rc, _, err = cli(capsys, "tracklets", footage, "--out", out, "--overwrite", "--quiet")
+    line = error_line(err)
+    assert rc == 2 and "--out" in line and str(footage) in line and "only reads" in line
+    assert (snapshot(parent) if where != "video" else footage.read_bytes()) == before
+    assert not (footage / "tracklets").exists()
+
+
+def test_case01_ensure_disjoint_follows_links(tmp_path: Path) -> None:
+    from hareid.fileio import ensure_disjoint
+
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"x")
+    os.link(ckpt, tmp_path / "hard.pt")
+    (tmp_path / "soft.pt").symlink_to(ckpt)
+    for out in ("hard.pt", "soft.pt", "."):
+        with pytest.raises(HareidError, match="only reads"):
+            ensure_disjoint(tmp_path / out, [ckpt])
+    assert ensure_disjoint(tmp_path / "other.onnx", [ckpt, None]) == tmp_path / "other.onnx"
+
+
+def test_lesser_tracklets_folder_follows_the_umask(video: Path, tmp_path: Path, capsys) -> None:
+    old = os.umask(0o002)
+    try:
+        rc, _, err = cli(capsys, "tracklets", video, "--out", tmp_path / "t", "--quiet", "--min-frames", "4")
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert (tmp_path / "t").stat().st_mode & 0o777 == 0o775
+
+
+# ------------------------------------------------------------------------ 5. pixel bombs
+def test_case05_png_renamed_avi_is_refused_before_decoding(tmp_path: Path, capsys) -> None:
+    bomb = _png_header_only(tmp_path / "bomb.avi", 16000, 16000)
+    t0 = time.perf_counter()
+    rc, _, err = cli(capsys, "tracklets", bomb, "--out", tmp_path / "out", "--quiet")
+    line = error_line(err)
+    assert rc == 2 and f"{bomb}: cannot decode this video" in line and "renamed" in line
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "out").exists()
+
+
+def test_case05_avi_declaring_huge_frames_is_refused_from_its_header(video: Path, tmp_path: Path) -> None:
+    from hareid.footage import open_footage
+
+    data = bytearray(video.read_bytes())
+    at = data.find(b"avih")
+    struct.pack_into("<II", data, at + 8 + 32, 16000, 16000)
+    big = tmp_path / "big.avi"
+    big.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"big\.avi: declares 16000x16000 pixels per frame"):
+        open_footage(big)
+
+
+def test_case05_huge_frame_in_a_frame_folder_is_refused_from_its_header(frames: Path, tmp_path: Path) -> None:
+    from hareid.footage import open_footage
+
+    folder = _copy(frames, tmp_path / "frames")
+    _png_header_only(folder / "000003.png", 16000, 16000)
+    src = open_footage(folder)
+    with pytest.raises(DataError, match=r"000003\.png: declares .* pixels, more than hareid decodes"):
+        for _ in src.frames():
+            pass
+
+
+def test_case05_synthetic_of_huge_images_is_refused_before_writing(tmp_path: Path, capsys) -> None:
+    rc, _, err = cli(capsys, "synthetic", tmp_path / "syn", "--height", "100000", "--width", "100000",
+                     "--workers", "0", "--quiet")
+    line = error_line(err)
+    assert rc == 2 and "100000x100000" in line and "--height" in line
+    assert not (tmp_path / "syn").exists()
+
+
+# ------------------------------------------------------------------ 11. signals outside train
+def test_case11_tracklets_sigterm_exits_130_and_removes_its_temp_folder(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    from _footage import make_video
+
+    make_video(tmp_path / "long.avi", n=400)
+    proc = hareid_process(["tracklets", str(tmp_path / "long.avi"), "--out", str(tmp_path / "t"), "--quiet"])
+    end = time.monotonic() + 60
+    while not any(p.name.startswith(".t.tmp-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 130, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.avi"]
+
+
+def test_case11_synthetic_sigterm_exits_130(tmp_path: Path) -> None:
+    proc = hareid_process(["synthetic", str(tmp_path / "syn"), "--train-ids", "400", "--workers", "0",
+                           "--quiet"])
+    end = time.monotonic() + 60
+    while not (tmp_path / "syn").exists():
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 130, err
+
+
+# ---------------------------------------------------------------------- 12. a failed index
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--kind", "ivf", "--nlist", "0"], "--nlist"), (["--kind", "ivfpq", "--pq-m", "7"], "pq_m=7"),
+    (["--nprobe", "-5"], "--nprobe")])
+def test_case12_failed_index_leaves_nothing_and_the_rerun_works(options: list[str], expected: str, tiny: Tiny,
+                                                                tmp_path: Path, capsys) -> None:
+    pytest.importorskip("faiss")
+    out = tmp_path / "index"
+    rc, _, err = cli(capsys, "index", tiny.checkpoint, tiny.data, "--out", out, "--workers", "0", "--quiet",
+                     *options)
+    line = error_line(err)
+    assert rc == 2 and expected in line
+    assert not out.exists()
+    rc, _, err = cli(capsys, "index", tiny.checkpoint, tiny.data, "--out", out, "--workers", "0", "--quiet")
+    assert rc == 0, err
+
+
+def test_lesser_index_database_follows_the_umask(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    from hareid.index import open_index
+
+    old = os.umask(0o002)
+    try:
+        open_index(tmp_path / "idx", 8, create=True).close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "idx" / "gallery.sqlite").stat().st_mode & 0o777 == 0o664
+
+
+def test_case12_index_out_onto_the_gallery_is_refused(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("faiss")
+    data = _copy(tiny.data, tmp_path / "data")
+    before = snapshot(data)
+    rc, _, err = cli(capsys, "index", tiny.checkpoint, data / "bounding_box_test", "--out", data, "--quiet")
+    assert rc == 2 and "only reads" in error_line(err)
+    assert snapshot(data) == before
+
+
+# Referenced so that ruff keeps the shared helpers' imports honest in later cases.
+_ = (math, np, torch, FAST, train)
