@@ -170,10 +170,13 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
     if rank == 0:
         index = open_index(out, embedder.dim, create=True, kind=kind, nlist=nlist, nprobe=nprobe,
                            pq_m=pq_m, collection=collection, token=token)
-        if index.get_setting("root") is None:  # the folder `hareid serve` may serve images from
-            folder = Path(root) if Path(root).is_dir() else Path(meta or root).parent
-            index.set_setting("root", str(folder.resolve()))
+        folder = (Path(root) if Path(root).is_dir() else Path(meta or root).parent).resolve()
+        stored = index.get_setting("root")
+        if stored is None:  # the folder the paths are relative to (serve re-roots them; never trusts it)
+            index.set_setting("root", str(folder))
         done = index.indexed_paths()
+        if isinstance(stored, str) and stored and Path(stored) != folder:  # a moved or copied gallery
+            done = done | {str(folder / Path(p).relative_to(stored)) for p in done if Path(p).is_relative_to(stored)}
         todo_mask = torch.tensor([r.path not in done for r in records], dtype=torch.uint8)
     if world > 1:
         todo_mask = hdist.all_gather_tensor(todo_mask)[0]
