@@ -21,7 +21,6 @@ import pytest
 import torch
 from _tiny import Tiny, get_tiny
 from test_reliability import (
-    FAST,
     _png_header_only,
     cli,
     error_line,
@@ -214,5 +213,146 @@ def test_case12_index_out_onto_the_gallery_is_refused(tiny: Tiny, tmp_path: Path
     assert snapshot(data) == before
 
 
-# Referenced so that ruff keeps the shared helpers' imports honest in later cases.
-_ = (math, np, torch, FAST, train)
+
+# ------------------------------------------------------------- 6. train --overwrite, user files
+def test_case06_train_overwrite_keeps_the_users_own_files(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "paper.pt").write_bytes(b"not hareid's")
+    before = snapshot(out)
+    rc, _, err = cli(capsys, *train(tiny.data, out, "--overwrite"))
+    line = error_line(err)
+    assert rc == 2 and "not a hareid run" in line and "notes.txt" in line
+    assert snapshot(out) == before and not (out / ".previous").exists()
+
+
+def test_case06_a_users_config_yaml_is_not_a_dead_run(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.yaml").write_text("# my recipe\ntrain:\n  epochs: 3\n")
+    before = snapshot(out)
+    rc, _, err = cli(capsys, *train(tiny.data, out))
+    assert rc == 2 and "config.yaml" in error_line(err)
+    assert snapshot(out) == before
+
+
+def test_case06_a_run_that_died_early_is_still_replaced(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    """The mark a run puts on its config.yaml keeps the old rule working for hareid's own folders."""
+    from hareid.config import load_config, save_config
+
+    out = tmp_path / "dead"
+    save_config(load_config("hacnn_synthetic"), out / "config.yaml")
+    rc, _, err = cli(capsys, *train(tiny.data, out))
+    assert rc == 0, err
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_case06_output_dir_holding_the_data_is_refused(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    data = _copy(tiny.data, tmp_path / "work" / "data")
+    before = snapshot(data)
+    rc, _, err = cli(capsys, *train(data, tmp_path / "work", "--overwrite"))
+    line = error_line(err)
+    assert rc == 2 and "output_dir holds the input" in line
+    assert snapshot(data) == before
+
+
+# ------------------------------------------------------------ 7. export onto its checkpoint
+def test_case07_export_onto_its_checkpoint_is_refused(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    ckpt = Path(shutil.copy(tiny.checkpoint, tmp_path / "best.pt"))
+    before = ckpt.read_bytes()
+    for fmt in ("onnx", "torchscript"):
+        rc, _, err = cli(capsys, "export", ckpt, "--out", ckpt, "--format", fmt)
+        assert rc == 2 and "--out is the input" in error_line(err)
+    assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_case07_int8_save_onto_its_source_is_refused(tiny: Tiny, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from hareid.api import load_model
+    from hareid.quantize import load_int8, quantize_int8
+
+    ckpt = Path(shutil.copy(tiny.checkpoint, tmp_path / "best.pt"))
+    before = ckpt.read_bytes()
+    model, _ = load_model(ckpt)
+    q = quantize_int8(model, torch.rand(4, 3, 64, 32), num_calibration=4)
+    with pytest.raises(HareidError, match="path is the input"):
+        q.save(ckpt)
+    assert ckpt.read_bytes() == before
+    q.save(tmp_path / "int8.onnx")
+    again = load_int8(tmp_path / "int8.onnx")
+    with pytest.raises(HareidError, match="path is the input"):
+        again.save(tmp_path / "int8.onnx")
+    with pytest.raises(HareidError, match="NaN or inf"):  # lesser: NaN calibration, not an AssertionError
+        quantize_int8(model, torch.full((4, 3, 64, 32), math.nan), num_calibration=4)
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--opset", "999", "--opset 999 is newer than the installed onnx supports"),
+    ("--height", "100000", "100000x32 is more than hareid exports")])
+def test_case13_export_values_are_checked_before_allocating(option: str, value: str, expected: str, tiny: Tiny,
+                                                            tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnx")
+    rc, _, err = cli(capsys, "export", tiny.checkpoint, "--out", tmp_path / "m.onnx", "--width", "32", option, value)
+    assert rc == 2 and expected in error_line(err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_lesser_export_into_a_folder_names_the_file_after_the_checkpoint(tiny: Tiny, tmp_path: Path,
+                                                                         capsys) -> None:
+    rc, out, err = cli(capsys, "export", tiny.checkpoint, "--out", tmp_path, "--format", "torchscript")
+    assert rc == 0, err
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ts"] and str(tmp_path / "best.ts") in out
+
+
+# ----------------------------------------------------------------- 10. NaN into the Embedder
+def test_case10_embedder_refuses_a_nan_or_inf_tensor(tiny: Tiny) -> None:
+    from hareid import Embedder
+
+    emb = Embedder(tiny.checkpoint, device="cpu")
+    for bad in (math.nan, math.inf):
+        x = torch.zeros(3, 3, *emb.input_size)
+        x[1, 0, 2, 2] = bad
+        with pytest.raises(DataError, match="image 1: holds NaN or inf"):
+            emb.embed(x)
+    assert np.isfinite(emb.embed(torch.zeros(1, 3, *emb.input_size))).all()
+
+
+# ------------------------------------------------------------------------- 13. unchecked values
+@pytest.mark.parametrize(("override", "expected"), [
+    ("optim.weight_decay=nan", "optim.weight_decay: must be >= 0, got nan"),
+    ("optim.betas=[2,3]", "optim.betas[0]: must be in [0, 1)"),
+    ("train.seed=-1", "train.seed: must be in [0, 4294967295]"),
+    ("train.device=banana", "train.device: must be auto, cpu, mps, cuda or cuda:N"),
+    ("optim.min_lr=-1", "optim.min_lr: must be >= 0"),
+    ("train.grad_clip=nan", "train.grad_clip: must be >= 0, got nan"),
+    ("optim.milestones=[-5,1]", "optim.milestones: epochs >= 1"),
+    ("eval.max_rank=0", "eval.max_rank: must be > 0"),
+    ("data.pad=100000", "data.pad: must be in [0, 64]"),
+    ("data.height=100000", "data.height: must be in [1, 4096]"),
+    ("optim.lr=nan", "optim.lr: must be > 0, got nan"),
+    ("data.flip=nan", "data.flip: a probability must be in [0, 1], got nan"),
+])
+def test_case13_config_values_are_checked_naming_the_key(override: str, expected: str, tiny: Tiny,
+                                                         tmp_path: Path, capsys) -> None:
+    rc, _, err = cli(capsys, *train(tiny.data, tmp_path / "run", override))
+    assert rc == 2 and expected in error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_lesser_a_cuda_device_that_does_not_exist_is_one_line(monkeypatch) -> None:
+    from hareid.config import ConfigError
+    from hareid.engine.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"train\.device=cuda:5: this machine has 1 CUDA devices"):
+        resolve_device("cuda:5")
+
+
+def test_lesser_eval_json_that_cannot_be_written_fails_before_evaluating(tiny: Tiny, capsys) -> None:
+    t0 = time.perf_counter()
+    rc, out, err = cli(capsys, "eval", tiny.checkpoint, tiny.data, "--json", "/proc/hareid/x.json", "--workers", "0")
+    assert rc == 2 and "--json" in error_line(err) and "Rank-1" not in out
+    assert time.perf_counter() - t0 < 10

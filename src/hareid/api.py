@@ -90,6 +90,7 @@ def load_model(checkpoint: PathLike, device: str | torch.device | None = None) -
                 width=int(data_cfg.get("width") or entry.input_size[1]), mean=entry.mean, std=entry.std)
     if device is not None:
         model = model.to(device)
+    model.hareid_source = str(path)  # exports and int8 saves refuse to write over the file they came from
     return model.eval(), info
 
 

@@ -103,13 +103,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hareid.api import evaluate_checkpoint
     from hareid.fileio import atomic_write_text
 
+    out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
+    _check_writable(out, "--json")  # before the evaluation, not after it
     result = evaluate_checkpoint(
         args.checkpoint, args.root, dataset=args.dataset, flip=args.flip, rerank=args.rerank,
         metric=args.metric, protocol=args.protocol, batch_size=args.batch_size,
         workers=args.workers, skip_bad_images=args.skip_bad_images, amp=args.amp, junk=args.junk,
     )
     print(result.table())
-    out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
     atomic_write_text(out, json.dumps({"checkpoint": str(args.checkpoint), "root": str(args.root),
                                        "protocol": args.protocol, **result.to_dict()}, indent=2))
     print(f"[hareid] metrics written to {out}")
@@ -174,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
     meta = export_metadata(model, h, w, info["model"].get("name"))
     report = export_model(model, out, fmt=args.format, height=h, width=w, opset=args.opset, metadata=meta)
-    print(f"[hareid] exported {args.format} -> {out} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
+    print(f"[hareid] exported {args.format} -> {report['path']} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
     print(f"[hareid] max |export - eager| = {report['max_abs_diff']:.2e}")
     return 0
 
@@ -444,6 +445,18 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """A file can be created in ``path``'s folder (tried with a temporary file), else one line naming it."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise HareidError(f"{path}: cannot write {option} here ({e.strerror or e}); pick another {option}") from None
 
 
 def _port(text: str) -> int:

@@ -240,6 +240,10 @@ class Embedder:
 
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(batch.shape)}")
+        if batch.is_floating_point() and not torch.isfinite(batch).all():  # as numpy input is refused
+            bad = sorted({int(i) for i in (~torch.isfinite(batch)).flatten(1).any(1).nonzero().flatten()})
+            raise DataError(f"image {bad[0]}: holds NaN or inf values ({len(bad)} such images in the batch); "
+                            "pass finite, normalised images")
         out = []
         for i in range(0, batch.shape[0], self.batch_size):
             x = batch[i:i + self.batch_size].to(self.device)

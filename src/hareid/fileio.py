@@ -43,13 +43,15 @@ def ensure_disjoint(out: str | os.PathLike, inputs: Iterable[str | os.PathLike |
     """The one rule of what an output may touch: never an input. Refuse ``out`` (one line naming
     both and the fix) when it is an input (same path, symlink or hard link), holds an input (an
     overwrite would delete or move it), or lies inside an input folder (unless ``inside_ok``).
-    Returns ``out`` absolute. ``None`` inputs are ignored."""
+    Returns ``out`` absolute. ``None`` inputs, URIs and paths that do not exist are ignored."""
     given = Path(out).expanduser().absolute()
     real = given.resolve()
     for item in inputs:
         if item is None or str(item) == "" or "://" in str(item):
             continue
         src = Path(item).expanduser().resolve()
+        if not src.exists():  # nothing there to lose (a name such as "imagenet", a file yet to come)
+            continue
         same = real == src
         if not same and real.exists() and src.exists():
             with contextlib.suppress(OSError):
