@@ -356,3 +356,58 @@ def test_lesser_eval_json_that_cannot_be_written_fails_before_evaluating(tiny: T
     rc, out, err = cli(capsys, "eval", tiny.checkpoint, tiny.data, "--json", "/proc/hareid/x.json", "--workers", "0")
     assert rc == 2 and "--json" in error_line(err) and "Rank-1" not in out
     assert time.perf_counter() - t0 < 10
+
+
+# ------------------------------------------------------------------ 8. adapt: stop and retry
+ADAPT = ["--quiet", "train.epochs=2", "adapt.holdout=0.45", "adapt.min_crops=4", "adapt.iters_per_epoch=12",
+         "data.batch_size=8", "data.num_instances=4", "data.workers=0", "train.progress=false"]
+
+
+@pytest.mark.slow  # two adaptation runs (~1 min on an idle 2-core machine)
+def test_case08_adapt_ctrl_c_exits_130_and_its_resume_advice_works(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    import shlex
+
+    from _footage import make_video
+
+    from hareid.cli import main
+
+    pytest.importorskip("cv2")
+    make_video(tmp_path / "street.avi")
+    run = tmp_path / "run"
+    proc = hareid_process(["adapt", str(tiny.checkpoint), str(tmp_path / "street.avi"), "--out", str(run), *ADAPT])
+    from test_reliability import wait_for
+
+    wait_for(run / "config.yaml", proc)  # training starts: stop it inside its first epoch
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, out, err = finish(proc)
+    assert rc == 130, err[-2000:]
+    assert "best.pt" not in out  # no model named that does not exist
+    advice = err.split("resume with: ", 1)[1].splitlines()[0]
+    assert advice.startswith("hareid adapt ") and "train.resume=auto" in advice
+    capsys.readouterr()
+    assert main(shlex.split(advice)[1:]) == 0, capsys.readouterr().err[-2000:]
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "adapt.json").is_file()
+
+
+def test_case08_adapt_failure_leaves_no_folder_the_retry_refuses(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("cv2")
+    from _footage import FIGURES, make_video
+
+    make_video(tmp_path / "one.avi", n=50, figures=FIGURES[:1])  # one person: one tracklet
+    run = tmp_path / "run"
+    argv = ["adapt", tiny.checkpoint, tmp_path / "one.avi", "--out", run, *ADAPT]
+    rc, _, err = cli(capsys, *argv)
+    first = error_line(err)
+    assert rc == 2 and "training tracklets" in first and not run.exists()
+    rc, _, err = cli(capsys, *argv, "adapt.holdout=0")  # the suggested retry is not refused
+    line = error_line(err)
+    assert rc == 2 and "already exists" not in line and not run.exists()
+
+
+def test_case08_adapt_out_onto_its_footage_is_refused(video: Path, tiny: Tiny, tmp_path: Path, capsys) -> None:
+    clip = _copy(video, tmp_path / "cam.avi")
+    before = clip.read_bytes()
+    rc, _, err = cli(capsys, "adapt", tiny.checkpoint, clip, "--out", tmp_path, "--overwrite", *ADAPT)
+    assert rc == 2 and "only reads" in error_line(err)
+    assert clip.read_bytes() == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -410,6 +411,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise HareidError("no footage given; pass a tracklets folder, videos, frame folders or MOT sequences")
     result = adapt(args.checkpoint, footage, args.out, overrides, extract_cfg=_extract_config(args),
                    progress=not args.quiet, overwrite=args.overwrite)
+    if result.get("interrupted"):  # resume from the run's own tracklets, with the same options
+        again = [o for o in overrides if not o.startswith("train.resume=")]
+        return _interrupted(Path(args.out), " ".join(map(shlex.quote, [
+            "hareid", "adapt", str(args.checkpoint), str(Path(args.out) / "tracklets"), "--out", str(args.out),
+            *again, "train.resume=auto"])))
     print(run_summary(result))
     print(f"[hareid] run folder: {args.out}; model: {Path(args.out) / 'checkpoints' / 'best.pt'}")
     return 0

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hareid.data.records import ImageRecord, ReIDDataset
 from hareid.errors import CheckpointError, ConfigError, DataError
-from hareid.fileio import atomic_write_text
+from hareid.fileio import atomic_write_text, ensure_disjoint
 
 __all__ = ["AdaptOptions", "TrackletSampler", "adapt", "init_model", "merge_tracklets",
            "recompute_batchnorm", "run_summary", "split_overrides", "time_split"]
@@ -366,11 +366,6 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     ``monitor(model) -> dict``: called before training and after every epoch, its results kept in
     ``adapt.json`` (``"monitor"``); for benchmarks that track a test score. It never picks the epoch.
     """
-    from hareid.config import load_config
-    from hareid.data.loader import ImageDataset
-    from hareid.data.tracklets import load_tracklets_meta
-    from hareid.data.transforms import build_transforms
-    from hareid.engine.trainer import Trainer
     from hareid.footage.extract import prepare_output
 
     tic = time.perf_counter()
@@ -379,7 +374,11 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     if epochs and epochs[-1].isdigit() and int(epochs[-1]) <= 1 and not any(
             o.startswith("optim.warmup_epochs=") for o in cfg_overrides):
         cfg_overrides.append("optim.warmup_epochs=0")  # the recipe's 1-epoch warmup needs 2+ epochs
-    run = prepare_output(out, overwrite)
+    resuming = any(o.startswith("train.resume=") for o in cfg_overrides)
+    own = Path(out).expanduser().absolute() / "tracklets"  # this run's own tracklets: an input it may hold
+    ensure_disjoint(out, [*(f for f in footage if not Path(f).expanduser().absolute().is_relative_to(own)),
+                          checkpoint])
+    run = prepare_output(out, overwrite or resuming)  # a resume continues its own folder (the Trainer checks)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint not found; pass a hareid or torchreid HACNN .pt file")
     from hareid.api import load_model
@@ -388,11 +387,31 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
-        root = _resolve_tracklets(footage, run, extract_cfg, progress)
+        return _adapt(checkpoint, footage, run, cfg_overrides, opts, info, extract_cfg, progress, overwrite,
+                      monitor, tic, resuming)
     except BaseException:
-        if created:
+        # a failure before the first checkpoint (too few tracklets, a bad option, Ctrl-C while
+        # extracting) leaves no folder behind that the retry would refuse
+        if created and not (run / "checkpoints").is_dir():
             shutil.rmtree(run, ignore_errors=True)
         raise
+
+
+def _adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], run: Path,
+           cfg_overrides: list[str], opts: Any, info: dict[str, Any], extract_cfg: Any, progress: bool,
+           overwrite: bool, monitor: Any, tic: float, resuming: bool) -> dict[str, Any]:
+    """:func:`adapt` once its run folder is ready."""
+    from hareid.api import load_model
+    from hareid.config import load_config
+    from hareid.data.loader import ImageDataset
+    from hareid.data.tracklets import is_tracklets_folder, load_tracklets_meta
+    from hareid.data.transforms import build_transforms
+    from hareid.engine.trainer import Trainer
+
+    if resuming and is_tracklets_folder(run / "tracklets"):  # the tracklets of the run being resumed
+        root = run / "tracklets"
+    else:
+        root = _resolve_tracklets(footage, run, extract_cfg, progress)
     t_extract = time.perf_counter() - tic
     meta = load_tracklets_meta(root)
     cfg = load_config("hacnn_adapt", [f"data.root={root}", f"output_dir={run}",
@@ -483,6 +502,9 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     trainer = Trainer(cfg, model=model, dataset=dataset, loaders=(train_loader, q_loader, g_loader),
                       eval_fn=eval_fn, num_classes=num_ids, model_spec=spec, overwrite=overwrite)
     result = trainer.fit()
+    if result.get("interrupted"):  # Ctrl-C / SIGTERM: the checkpoint is saved, best.pt may not exist yet
+        result["adapt"] = None
+        return result
     best = run / "checkpoints" / "best.pt"
     if not best.is_file() and (run / "checkpoints" / "last.pt").is_file():
         shutil.copyfile(run / "checkpoints" / "last.pt", best)  # no validation: the last epoch
