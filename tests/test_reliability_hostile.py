@@ -411,3 +411,24 @@ def test_case08_adapt_out_onto_its_footage_is_refused(video: Path, tiny: Tiny, t
     rc, _, err = cli(capsys, "adapt", tiny.checkpoint, clip, "--out", tmp_path, "--overwrite", *ADAPT)
     assert rc == 2 and "only reads" in error_line(err)
     assert clip.read_bytes() == before
+
+
+# ---------------------------------------------------------------- 9. Milvus: names beyond ASCII
+def test_case09_milvus_takes_non_ascii_paths_and_cameras(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus")
+    from hareid.index import Filter, open_index
+
+    names = ["门口", "café", 'say "hi"', "back\\slash"]
+    paths = [str(tmp_path / f"{n}_{i}.jpg") for i, n in enumerate(names)]
+    assert "门口" in Filter(cameras=["门口"]).milvus()  # no \\uXXXX escapes, which Milvus rejects
+    idx = open_index(tmp_path / "g.db", 8, create=True)
+    try:
+        ids = idx.add(np.eye(8, dtype=np.float32)[:4], paths=paths, cameras=names)
+        for i, name in zip(ids, names):
+            (hit,) = idx.search(np.eye(8, dtype=np.float32)[:1], k=8, filter=Filter(cameras=[name]))
+            assert hit.ids.tolist() == [int(i)] and hit.items[0].camera == name
+        with pytest.raises(HareidError, match="already in the index"):
+            idx.add(np.eye(8, dtype=np.float32)[:1], paths=paths[:1])
+        assert idx.indexed_paths() == set(paths)
+    finally:
+        idx.close()
