@@ -432,3 +432,38 @@ def test_case09_milvus_takes_non_ascii_paths_and_cameras(tmp_path: Path) -> None
         assert idx.indexed_paths() == set(paths)
     finally:
         idx.close()
+
+
+# ---------------------------------------------------------------------------- lesser items
+def test_lesser_a_checkpoint_that_fails_its_crc_is_refused(tiny: Tiny, tmp_path: Path) -> None:
+    import zipfile
+
+    from hareid.checkpoint import load_checkpoint
+    from hareid.errors import CheckpointError
+
+    ckpt = Path(shutil.copy(tiny.checkpoint, tmp_path / "best.pt"))
+    with zipfile.ZipFile(ckpt) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor, stored uncompressed
+    data = bytearray(ckpt.read_bytes())
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2
+    data[at] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
+        load_checkpoint(ckpt)
+
+
+def test_lesser_boxes_of_the_wrong_shape_and_onnx_of_another_size(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    from hareid import Embedder
+
+    emb = Embedder(tiny.checkpoint, device="cpu")
+    frame = np.zeros((120, 80, 3), np.uint8)
+    for boxes in ([[0, 0, 10]] * 4, np.zeros((2, 2, 4)), [[1, 2, 3, 4, 5]]):
+        with pytest.raises(DataError, match=r"boxes: expected an \(N, 4\) array"):
+            emb.embed_boxes(frame, boxes)
+    assert emb.embed_boxes(frame, [0, 0, 20, 40]).shape == (1, emb.dim)
+    pytest.importorskip("onnxruntime")
+    rc, _, err = cli(capsys, "export", tiny.checkpoint, "--out", tmp_path / "m.onnx")
+    assert rc == 0, err
+    onnx = Embedder(tmp_path / "m.onnx")
+    with pytest.raises(DataError, match=r"m\.onnx: exported for 64x32 inputs, got 96x48"):
+        onnx.embed(torch.zeros(2, 3, 96, 48))

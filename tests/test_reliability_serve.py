@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,24 @@ def test_lesser_error_details_name_no_absolute_server_path(tiny: Tiny, tmp_path:
         r = client.post("/gallery", files=files)
         assert r.status_code == 409 and "already in the index" in r.json()["detail"]
         assert str(tmp_path) not in r.text and str(tiny.data) not in r.text
+
+
+def test_lesser_a_stalled_body_is_dropped(tiny: Tiny, tmp_path: Path) -> None:
+    """A client that sends part of a body and stops is answered 408 and loses its connection
+    (the probe held 300 such connections for 45 s+)."""
+    import socket
+
+    from _serve import LiveServer
+
+    from hareid.serve import Limits
+
+    server = LiveServer(make_app(tiny, tmp_path, limits=Limits(body_timeout_s=1.0)))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=x\r\nContent-Length: 5000\r\n\r\n--x\r\n")
+            t0 = time.monotonic()
+            reply = s.recv(4096)
+            assert b" 408 " in reply.split(b"\r\n", 1)[0] and time.monotonic() - t0 < 20
+    finally:
+        server.stop()

@@ -270,7 +270,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         app = fastapi.FastAPI(**kwargs)
     one_image = limits.max_image_bytes + 2**20  # one image + form fields
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
-                       per_path={"/search": one_image, "/embed": one_image})
+                       per_path={"/search": one_image, "/embed": one_image}, timeout_s=limits.body_timeout_s)
     app.add_middleware(OriginGuard, hosts=list(hosts), origins=list(allow_origins))  # outermost
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -8,6 +8,7 @@ count is read from the header before it is decoded, and only JPEG, PNG, WebP and
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import warnings
@@ -31,6 +32,7 @@ class Limits:
     max_k: int = 200  #: matches per page
     max_offset: int = 10_000  #: deepest page start
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
+    body_timeout_s: float = 10.0  #: longest wait for the next piece of a request body (slow clients)
 
 
 class UploadError(Exception):
@@ -103,9 +105,11 @@ class BodyLimit:
     body is counted as it streams and cut off when it passes the limit.
     """
 
-    def __init__(self, app: Any, max_bytes: int, per_path: dict[str, int] | None = None):
+    def __init__(self, app: Any, max_bytes: int, per_path: dict[str, int] | None = None,
+                 timeout_s: float | None = None):
         self.app, self.default = app, int(max_bytes)
         self.per_path = dict(per_path or {})
+        self.timeout_s = timeout_s  # a body that stalls longer between pieces is dropped (408)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -119,9 +123,15 @@ class BodyLimit:
         seen = 0
         over = started = replaced = False
 
+        slow = False
+
         async def limited_receive() -> dict:
-            nonlocal seen, over
-            message = await receive()
+            nonlocal seen, over, slow
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                slow = True
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -132,8 +142,11 @@ class BodyLimit:
         async def guarded_send(message: dict) -> None:
             # frameworks turn a failed body read into their own 4xx: answer 413 instead
             nonlocal started, replaced
-            if over and not started and message["type"] == "http.response.start":
-                await self._reject(send, seen, limit)
+            if (over or slow) and not started and message["type"] == "http.response.start":
+                if over:
+                    await self._reject(send, seen, limit)
+                else:
+                    await self._too_slow(send)
                 started = replaced = True
                 return
             if replaced:
@@ -146,6 +159,13 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await self._reject(send, seen, limit)
+        except _TooSlow:
+            if not started:
+                await self._too_slow(send)
+
+    async def _too_slow(self, send: Any) -> None:
+        await _answer(send, 408, f"request body stalled for more than {self.timeout_s:g} s; send it "
+                                 "at once", close=True)
 
     @staticmethod
     async def _reject(send: Any, size: int, limit: int) -> None:
@@ -159,6 +179,10 @@ class BodyLimit:
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -232,9 +256,13 @@ class OriginGuard:
         await self.app(scope, receive, with_cors)
 
 
-async def _forbid(send: Any, detail: str) -> None:
+async def _answer(send: Any, status: int, detail: str, close: bool = False) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 403,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _forbid(send: Any, detail: str) -> None:
+    await _answer(send, 403, detail)
