@@ -375,15 +375,15 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
             o.startswith("optim.warmup_epochs=") for o in cfg_overrides):
         cfg_overrides.append("optim.warmup_epochs=0")  # the recipe's 1-epoch warmup needs 2+ epochs
     resuming = any(o.startswith("train.resume=") for o in cfg_overrides)
-    own = Path(out).expanduser().absolute() / "tracklets"  # this run's own tracklets: an input it may hold
-    ensure_disjoint(out, [*(f for f in footage if not Path(f).expanduser().absolute().is_relative_to(own)),
-                          checkpoint])
     run = prepare_output(out, overwrite or resuming)  # a resume continues its own folder (the Trainer checks)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint not found; pass a hareid or torchreid HACNN .pt file")
     from hareid.api import load_model
 
     _, info = load_model(checkpoint)  # fail early on a foreign checkpoint, before any footage work
+    own = run / "tracklets"  # this run's own tracklets: the one input its folder may hold
+    ensure_disjoint(run, [*(f for f in footage if not Path(f).expanduser().absolute().is_relative_to(own)),
+                          checkpoint])
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:

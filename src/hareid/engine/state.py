@@ -154,8 +154,10 @@ class RunFolder:
 
     def _foreign(self, taken: list[Path]) -> list[Path]:
         """Entries that are not a hareid run's: never moved or deleted, even with ``--overwrite``.
-        A config.yaml is a run's when it carries the run mark or sits beside a checkpoint."""
-        run_config = self._is_run_config() or self._has_checkpoint()
+        A config.yaml is a run's when it carries the run mark or sits beside other run files
+        (metrics.jsonl, checkpoints/, ...); a lone unmarked config.yaml is the user's."""
+        names = {p.name for p in taken}
+        run_config = self._is_run_config() or bool(names & (self.RUN_ENTRIES - {"config.yaml"}))
         return [p for p in taken if p.name not in self.RUN_ENTRIES or (p.name == "config.yaml" and not run_config)]
 
     def claim(self, own_resume: bool) -> None:
