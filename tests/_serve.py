@@ -30,8 +30,8 @@ def make_app(tiny: Tiny, tmp: Path, limits: Limits | None = None, backend: str =
     emb = embedder_for(tiny)
     location = tmp / ("idx" if backend == "faiss" else "gallery.db")
     index_gallery(None, tiny.data, location, embedder=emb, workers=0, progress=False)
-    return create_app(emb, open_gallery(location, emb, uploads=tmp / "uploads"), limits or Limits(),
-                      **kw)
+    return create_app(emb, open_gallery(location, emb, uploads=tmp / "uploads", images=tiny.data),
+                      limits or Limits(), **kw)
 
 
 def png_header(width: int, height: int) -> bytes:

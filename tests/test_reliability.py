@@ -316,7 +316,7 @@ def test_01_a_run_that_died_before_its_first_checkpoint_can_be_started_again(tin
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
     rc, _, err = cli(capsys, *train(tiny.data, other, "train.resume=auto"))
-    assert rc == 2 and "folder already holds a run (thesis.tex)" in error_line(err)
+    assert rc == 2 and "not a hareid run (thesis.tex)" in error_line(err)
     assert sorted(p.name for p in other.iterdir() if p.name != ".lock") == ["thesis.tex"]
 
 

@@ -33,7 +33,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 def served(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("serve")
     app = make_app(tiny, tmp)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield app, client, tmp
 
 
@@ -268,7 +268,7 @@ def test_too_many_files_and_a_chunked_body(tiny: Tiny, tmp_path: Path) -> None:
     small = Limits(max_files=2, max_body_bytes=200_000, max_image_bytes=100_000)
     app = make_app(tiny, tmp_path, small)
     q = tiny.images("query")[0]
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         files = [("images", (f"{i}.jpg", jpeg(q), "image/jpeg")) for i in range(3)]
         r = client.post("/gallery", files=files)
         assert r.status_code == 413 and "limit is 2" in r.json()["detail"]
@@ -292,7 +292,7 @@ def test_concurrent_requests_share_model_calls(tiny: Tiny, tmp_path: Path) -> No
 
     async def fire() -> list[dict]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             rs = await asyncio.gather(*[c.post("/embed", files={"image": (p.name, jpeg(p), "image/jpeg")})
                                         for p in imgs])
             return [r.json() for r in rs]
@@ -329,7 +329,7 @@ def test_milvus_lite_behind_the_api(tiny: Tiny, tmp_path: Path) -> None:
     q = tiny.images("query")[0]
     vec = embedder_for(tiny).embed([str(q)])
     files = {"image": (q.name, jpeg(q), "image/jpeg")}
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         res = client.post("/search", files=files, data={"k": 6}).json()["results"]
         assert [m["id"] for m in res] == index.search(vec, k=6)[0].ids.tolist()
         cam = res[0]["camera"]

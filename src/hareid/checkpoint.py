@@ -127,6 +127,23 @@ def _unsafe_global(path: Path) -> str | None:
     return None
 
 
+def _check_zip_crc(path: Path) -> None:
+    """torch's zip checkpoints carry a CRC-32 per entry that ``torch.load`` never checks: check
+    them, so damaged weights are refused by name instead of loading as wrong numbers."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+        return  # unreadable as a zip: torch.load's own error names it
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint ({bad} fails its CRC-32 check); use another copy "
+                              "or an earlier checkpoint")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely. Raises :class:`CheckpointError` with a one-line reason."""
     path = Path(path)
@@ -134,6 +151,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint not found; pass the path of a .pt/.pth/.safetensors file")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, map_location)
+    _check_zip_crc(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)

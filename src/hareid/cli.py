@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shlex
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,13 +106,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hareid.evaluate.checkpoint import evaluate_checkpoint
     from hareid.fileio import atomic_write_text
 
+    out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
+    _check_writable(out, "--json")  # before the evaluation, not after it
     result = evaluate_checkpoint(
         args.checkpoint, args.root, dataset=args.dataset, flip=args.flip, rerank=args.rerank,
         metric=args.metric, protocol=args.protocol, batch_size=args.batch_size,
         workers=args.workers, skip_bad_images=args.skip_bad_images, amp=args.amp, junk=args.junk,
     )
     print(result.table())
-    out = Path(args.json) if args.json else Path(args.checkpoint).with_suffix(".eval.json")
     atomic_write_text(out, json.dumps({"checkpoint": str(args.checkpoint), "root": str(args.root),
                                        "protocol": args.protocol, **result.to_dict()}, indent=2))
     print(f"[hareid] metrics written to {out}")
@@ -179,13 +183,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
     meta = export_metadata(model, h, w, info["model"].get("name"))
     report = export_model(model, out, fmt=args.format, height=h, width=w, opset=args.opset, metadata=meta)
-    print(f"[hareid] exported {args.format} -> {out} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
+    print(f"[hareid] exported {args.format} -> {report['path']} (input Bx3x{h}x{w}, {report['embed_dim']}-d)")
     print(f"[hareid] max |export - eager| = {report['max_abs_diff']:.2e}")
     return 0
 
 
 def _export_int8(args: argparse.Namespace, model: Any, info: dict, h: int, w: int) -> int:
-    from hareid.api import list_images, load_images
+    from hareid.data.loader import load_images
+    from hareid.data.registry import list_images
     from hareid.quantize import quantize_int8
 
     if args.format != "onnx":
@@ -271,10 +276,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
                     collection=args.collection, max_batch=args.max_batch, device=args.device,
-                    progress=not args.quiet, dtype=args.dtype, calibration=args.calib)
+                    progress=not args.quiet, dtype=args.dtype, calibration=args.calib, images=args.images,
+                    host=args.host, allow_origins=args.allow_origin)
     gallery = app.state.gallery
     print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
           f"{gallery.index.kind}); uploads go to {gallery.uploads}")
+    if len(gallery.roots) == 1:  # an index without --images: only uploads are served
+        print(f"[hareid] gallery images are not served: pass --images FOLDER (this index was built "
+              f"from {gallery.stored_root or 'an unknown folder'})", file=sys.stderr)
     if args.check:
         out = check(app)
         h = out["health"]
@@ -432,6 +441,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise HareidError("no footage given; pass a tracklets folder, videos, frame folders or MOT sequences")
     result = adapt(args.checkpoint, footage, args.out, overrides, extract_cfg=_extract_config(args),
                    progress=not args.quiet, overwrite=args.overwrite)
+    if result.get("interrupted"):  # resume from the run's own tracklets, with the same options
+        again = [o for o in overrides if not o.startswith("train.resume=")]
+        return _interrupted(Path(args.out), " ".join(map(shlex.quote, [
+            "hareid", "adapt", str(args.checkpoint), str(Path(args.out) / "tracklets"), "--out", str(args.out),
+            *again, "train.resume=auto"])))
     print(run_summary(result))
     print(f"[hareid] run folder: {args.out}; model: {Path(args.out) / 'checkpoints' / 'best.pt'}")
     return 0
@@ -476,6 +490,26 @@ def _dtype_args(sp: argparse.ArgumentParser, calib_default: str) -> None:
                          "CUDA, else fp32; int8: ONNX Runtime on the CPU, calibrated on --calib)")
     sp.add_argument("--calib", default=None,
                     help=f"folder of images to calibrate --dtype int8 on (default: {calib_default})")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """A file can be created in ``path``'s folder (tried with a temporary file), else one line naming it."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise HareidError(f"{path}: cannot write {option} here ({e.strerror or e}); pick another {option}") from None
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (checked before any indexing)."""
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be <= 65535, got {value}")
+    return value
 
 
 def _num_test_ids(dataset: Any) -> int | None:
@@ -681,7 +715,7 @@ def _add_training_commands(add: _AddCommand) -> None:
     sp.add_argument("--out", default=None, help="output file (default: CHECKPOINT with .onnx / .ts)")
     sp.add_argument("--height", type=_positive, default=None, help="input height (default: the training size)")
     sp.add_argument("--width", type=_positive, default=None, help="input width (default: the training size)")
-    sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    sp.add_argument("--opset", type=_positive, default=17, help="ONNX opset (7 to the installed exporter's newest)")
     sp.add_argument("--int8", action="store_true",
                     help="write an int8 ONNX model (ONNX Runtime, CPU; calibrated on --calib)")
     sp.add_argument("--calib", default=None, help="folder of images to calibrate --int8 on")
@@ -704,9 +738,9 @@ def _add_gallery_commands(add: _AddCommand) -> None:
                          "source, pid columns")
     sp.add_argument("--kind", default="flat", choices=["flat", "ivf", "ivfpq"],
                     help="exact, inverted lists, or inverted lists + product quantisation (10M+)")
-    sp.add_argument("--nlist", type=int, default=1024, help="IVF lists (kind ivf / ivfpq)")
-    sp.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query (default 16)")
-    sp.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantisers (bytes per vector)")
+    sp.add_argument("--nlist", type=_positive, default=1024, help="IVF lists (kind ivf / ivfpq)")
+    sp.add_argument("--nprobe", type=_positive, default=None, help="IVF lists visited per query (default 16)")
+    sp.add_argument("--pq-m", type=_positive, default=64, help="PQ sub-quantisers (bytes per vector)")
     sp.add_argument("--ivf", type=int, default=0, help="same as --kind ivf --nlist N (0: off)")
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass and per commit")
@@ -734,9 +768,15 @@ def _add_gallery_commands(add: _AddCommand) -> None:
     sp.add_argument("--uploads", default=None,
                     help="folder for images added through the API (default: beside the index)")
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
+    sp.add_argument("--images", default=None,
+                    help="folder the images of an index --gallery are served from (default: the "
+                         "--gallery folder; an index's stored settings never decide)")
+    sp.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web origin (https://app.example:443) allowed to call the API besides the "
+                         "page itself (repeatable); other origins and Host names get 403")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    sp.add_argument("--port", type=int, default=8000, help="TCP port")
-    sp.add_argument("--max-batch", type=int, default=32, help="most images per batched model call")
+    sp.add_argument("--port", type=_port, default=8000, help="TCP port")
+    sp.add_argument("--max-batch", type=_positive, default=32, help="most images per batched model call")
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     _dtype_args(sp, "a --gallery folder")
     sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
@@ -825,6 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    previous = _stop_on_sigterm()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -835,6 +876,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"hareid: error: {_one_line(e, args.debug)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> Any:
+    """The one signal policy of every command: SIGTERM acts as Ctrl-C (KeyboardInterrupt), so that
+    cleanup runs (temporary folders removed, partial indexes undone) and the exit code is 130.
+    ``train`` and ``adapt`` install their own handlers while training (checkpoint, then 130).
+    Returns the handler it replaced (None off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _one_line(e: BaseException, debug: bool = False) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -418,40 +419,65 @@ def _check_model(cfg: Config) -> None:
         cfg.data.width = entry.input_size[1]
 
 
+#: Largest data.height / data.width: a 4096-pixel crop side is already 16x a person crop.
+MAX_SIDE = 4096
+#: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _in_range(key: str, v: float, low: float | None = None, high: float | None = None, *,
+              low_open: bool = False, high_open: bool = False, what: str = "") -> None:
+    """One NaN-aware bound check: NaN, inf and values outside the interval give one line naming
+    the key and the bound (``what`` describes the value, e.g. "the decay factor")."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        if high is None:
+            bound = f"{'>' if low_open else '>='} {num(low)}"
+        else:
+            bound = f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
+        raise ConfigError(f"{key}: {what + ' ' if what else ''}must be {bound}, got {v!r}")
+
+
 def _check(cfg: Config) -> None:
-    """Cross-field checks that the types alone cannot express."""
+    """Cross-field checks that the types alone cannot express: every bound in one place, NaN-aware."""
     _check_model(cfg)
-    d, o, t, lo = cfg.data, cfg.optim, cfg.train, cfg.loss
+    d, o, t, lo, e = cfg.data, cfg.optim, cfg.train, cfg.loss, cfg.eval
+    for key, v in {"data.height": d.height, "data.width": d.width}.items():
+        _in_range(key, v, 1, MAX_SIDE)
     positive = {
-        "data.height": d.height, "data.width": d.width, "data.batch_size": d.batch_size,
-        "data.num_instances": d.num_instances, "data.test_batch_size": d.test_batch_size,
-        "train.epochs": t.epochs, "optim.step_size": o.step_size,
+        "data.batch_size": d.batch_size, "data.num_instances": d.num_instances,
+        "data.test_batch_size": d.test_batch_size, "train.epochs": t.epochs, "optim.step_size": o.step_size,
+        "eval.max_rank": e.max_rank,
     }
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
-    if not o.lr > 0 or not math.isfinite(o.lr):
-        raise ConfigError(f"optim.lr: must be > 0, got {o.lr}")
-    if not 0.0 < o.gamma <= 1.0:
-        raise ConfigError(f"optim.gamma: the decay factor must be in (0, 1], got {o.gamma}")
+    _in_range("optim.lr", o.lr, 0, None, low_open=True)
+    _in_range("optim.gamma", o.gamma, 0, 1, low_open=True, what="the decay factor")
     if t.eval_every < -1:
         raise ConfigError(f"train.eval_every: epochs between evaluations, 0 (only at the end) or -1 (never), "
                           f"got {t.eval_every}")
-    nonneg = {"data.workers": d.workers,
-              "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip,
-              "optim.weight_decay": o.weight_decay, "loss.ce_weight": lo.ce_weight,
+    nonneg = {"data.workers": d.workers, "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip,
+              "optim.weight_decay": o.weight_decay, "optim.min_lr": o.min_lr, "loss.ce_weight": lo.ce_weight,
               "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin,
-              "loss.attn_weight": lo.attn_weight}
+              "data.color_jitter": d.color_jitter, "loss.attn_weight": lo.attn_weight}
     for key, v in nonneg.items():
-        if not v >= 0:  # NaN fails too
-            raise ConfigError(f"{key}: must be >= 0, got {v}")
+        _in_range(key, v, 0)
     for key, v in {"data.flip": d.flip, "data.erasing": d.erasing}.items():
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{key}: a probability in [0, 1], got {v}")
-    if d.pad < 0 or d.color_jitter < 0:
-        raise ConfigError(f"data.pad and data.color_jitter must be >= 0, got {d.pad}, {d.color_jitter}")
-    if not 0.0 <= lo.label_smooth < 1.0:
-        raise ConfigError(f"loss.label_smooth: must be in [0, 1), got {lo.label_smooth}")
+        _in_range(key, v, 0, 1, what="a probability")
+    _in_range("data.pad", d.pad, 0, max(d.height, d.width))  # more padding than image allocates for nothing
+    _in_range("optim.momentum", o.momentum, 0, 1, high_open=True)
+    _in_range("loss.label_smooth", lo.label_smooth, 0, 1, high_open=True)
+    _in_range("train.seed", t.seed, 0, 2**32 - 1)
+    if not _DEVICE.match(str(t.device)):
+        raise ConfigError(f"train.device: must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
     if lo.ce_weight == 0 and lo.triplet_weight == 0:
         raise ConfigError("loss: ce_weight and triplet_weight are both 0; set one of them > 0")
     if d.batch_size % d.num_instances:
@@ -460,15 +486,16 @@ def _check(cfg: Config) -> None:
         )
     if len(o.betas) != 2:
         raise ConfigError(f"optim.betas: expected two numbers, got {o.betas}")
-    if o.milestones != sorted(o.milestones):
-        raise ConfigError(f"optim.milestones: must be increasing, got {o.milestones}")
+    for i, b in enumerate(o.betas):
+        _in_range(f"optim.betas[{i}]", b, 0, 1, high_open=True)
+    if o.milestones != sorted(o.milestones) or any(m < 1 for m in o.milestones):
+        raise ConfigError(f"optim.milestones: epochs >= 1 in increasing order, got {o.milestones}")
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr={o.min_lr} must not exceed optim.lr={o.lr}")
     if o.warmup_epochs >= t.epochs and o.warmup_epochs > 0:
         raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} must be < train.epochs={t.epochs}")
-    if not 0.0 < o.warmup_factor <= 1.0:
-        raise ConfigError(f"optim.warmup_factor: must be in (0, 1], got {o.warmup_factor}")
-    if not o.backbone_lr_mult >= 0.0:
-        raise ConfigError(f"optim.backbone_lr_mult: must be >= 0 (1 = same lr as the new layers), "
-                          f"got {o.backbone_lr_mult}")
+    _in_range("optim.warmup_factor", o.warmup_factor, 0, 1, low_open=True)
+    _in_range("optim.backbone_lr_mult", o.backbone_lr_mult, 0)  # 1 = same lr as the new layers
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -519,8 +546,13 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | t
     return cfg
 
 
+#: First line of the config.yaml a run writes: what tells a run's own file from a user's config.
+RUN_CONFIG_MARK = "# hareid run config (the resolved config of this run; written by hareid)"
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write ``cfg`` as YAML (keys in dataclass order); returns the path."""
+    """Write ``cfg`` as YAML (keys in dataclass order) under :data:`RUN_CONFIG_MARK`; returns the path."""
     from hareid.fileio import atomic_write_text
 
-    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None))
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return atomic_write_text(path, f"{RUN_CONFIG_MARK}\n{text}")

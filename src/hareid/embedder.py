@@ -162,7 +162,7 @@ class Embedder:
             raise HareidError("Embedder: dtype='int8' needs calibration images (calibration=FOLDER, a list of "
                               "images or a normalised tensor): a few hundred crops of the target domain")
         if isinstance(calibration, (str, os.PathLike)) and Path(calibration).is_dir():
-            from hareid.api import list_images
+            from hareid.data.registry import list_images
 
             paths = list_images(calibration)
             if not paths:
@@ -282,6 +282,15 @@ class Embedder:
 
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(batch.shape)}")
+        fixed = self.info.get("fixed_size")
+        if fixed and list(batch.shape[2:]) != [int(v) for v in fixed]:  # an exported file of one input size
+            raise DataError(f"{self.info.get('path', 'model')}: exported for {fixed[0]}x{fixed[1]} inputs, got "
+                            f"{batch.shape[2]}x{batch.shape[3]}; resize the batch (Embedder.preprocess does) "
+                            "or export again at that size")
+        if batch.is_floating_point() and not torch.isfinite(batch).all():  # as numpy input is refused
+            bad = sorted({int(i) for i in (~torch.isfinite(batch)).flatten(1).any(1).nonzero().flatten()})
+            raise DataError(f"image {bad[0]}: holds NaN or inf values ({len(bad)} such images in the batch); "
+                            "pass finite, normalised images")
         out = []
         for i in range(0, batch.shape[0], self.batch_size):
             x = batch[i:i + self.batch_size].to(self.device)
@@ -306,7 +315,14 @@ class Embedder:
         and embed them -> ``(N, D)``. A box with no area inside the frame is an error naming it."""
         if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
             raise DataError(f"frame: expected an H x W x 3 numpy array, got {getattr(frame, 'shape', type(frame))}")
-        boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4) if len(boxes_xyxy) else np.zeros((0, 4))
+        try:
+            boxes = np.asarray(boxes_xyxy, dtype=np.float64) if len(boxes_xyxy) else np.zeros((0, 4))
+        except (TypeError, ValueError):
+            raise DataError("boxes: expected an (N, 4) array of x1, y1, x2, y2 pixels") from None
+        if boxes.ndim == 1 and boxes.shape == (4,):
+            boxes = boxes[None]
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise DataError(f"boxes: expected an (N, 4) array of x1, y1, x2, y2 pixels, got shape {boxes.shape}")
         h, w = frame.shape[:2]
         crops = []
         for i, (x1, y1, x2, y2) in enumerate(boxes):

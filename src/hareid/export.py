@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from hareid.errors import HareidError
-from hareid.fileio import atomic_path
+from hareid.fileio import atomic_path, ensure_disjoint
 from hareid.inference import fuse_for_inference, optimize_for_inference
 
 __all__ = [
@@ -70,12 +70,33 @@ def export_metadata(model: nn.Module, height: int, width: int, model_name: str |
 
 
 # --------------------------------------------------------------------------------------- helpers
+#: Largest input an export is traced at (a 2048x2048 crop); 100000-pixel sides would need 100+ GB.
+MAX_EXPORT_PIXELS = 2048 * 2048
+
+
+def check_output(model: nn.Module, path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` absolute, refused (one line) when it is or holds the checkpoint ``model`` was loaded
+    from (:func:`hareid.api.load_model` records it); an existing folder gets ``<checkpoint stem><suffix>``
+    written inside it by the caller, never a temporary name."""
+    return ensure_disjoint(path, [getattr(model, "hareid_source", None)], option=option)
+
+
 def _check_size(model: nn.Module, height: int, width: int) -> None:
+    if max(height, width) > 4096 or height * width > MAX_EXPORT_PIXELS:
+        raise HareidError(f"export: input size {height}x{width} is more than hareid exports "
+                          f"({MAX_EXPORT_PIXELS} pixels, 4096 a side); pass a smaller --height/--width")
     ok = getattr(model, "input_size_ok", None)
     if ok is not None and not ok(height, width):
         mins = getattr(model, "min_input_size", lambda: None)()
         hint = f"; use H >= {mins[0]} and W >= {mins[1]}" if mins else ""
         raise HareidError(f"export: input size {height}x{width} does not work for this model{hint}")
+
+
+def _newest_opset() -> int:
+    try:
+        return int(importlib.import_module("onnx").defs.onnx_opset_version())
+    except ImportError:
+        return 10**6  # _require_onnx names the missing package
 
 
 def _require_onnx() -> tuple[ModuleType, ModuleType]:
@@ -118,11 +139,15 @@ def export_onnx(
     """
     if opset < 16:
         raise HareidError(f"export: opset {opset} is too old; HA-CNN needs GridSample, use opset >= 16")
+    newest = _newest_opset()
+    if opset > newest:
+        raise HareidError(f"export: --opset {opset} is newer than the installed onnx supports ({newest}); "
+                          f"use an opset from 16 to {newest}")
     if exporter not in ("auto", "legacy", "dynamo"):
         raise HareidError(f"export: exporter must be 'auto', 'legacy' or 'dynamo', got {exporter!r}")
     _check_size(model, height, width)
     onnx, _ = _require_onnx()
-    path = Path(path)
+    path = check_output(model, path)
     net = fuse_for_inference(model, channels_last=False) if fuse else _eager_eval(model)
     x = _example(batch, height, width)
     t0 = time.perf_counter()
@@ -176,7 +201,7 @@ def export_torchscript(
     Returns ``{"path", "format", "input_shape", "seconds"}``.
     """
     _check_size(model, height, width)
-    path = Path(path)
+    path = check_output(model, path)
     net = fuse_for_inference(model, channels_last=False) if fuse else _eager_eval(model)
     x = _example(batch, height, width)
     t0 = time.perf_counter()
@@ -229,6 +254,10 @@ def export_model(
     if fmt not in ("onnx", "torchscript"):
         raise HareidError(f"export: format must be 'onnx' or 'torchscript', got {fmt!r}")
     path = Path(path)
+    if path.is_dir():  # a folder: the file goes inside it under the model's name, never a temp name
+        stem = Path(getattr(model, "hareid_source", "") or "model").stem
+        path = path / (stem + (".onnx" if fmt == "onnx" else ".ts"))
+    check_output(model, path)
     if fmt == "onnx":
         info = export_onnx(model, path, height, width, opset=opset, **kwargs)
     else:

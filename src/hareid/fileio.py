@@ -14,10 +14,12 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "remove_stale_temp_files"]
+from hareid.errors import HareidError
+
+__all__ = ["atomic_path", "atomic_write_text", "ensure_disjoint", "remove_stale_temp_files", "umask_mode"]
 
 _TMP_SUFFIX = ".tmp"
 #: ``.NAME.XXXXXXXX.tmp``: the names :func:`atomic_path` gives its temporary files (mkstemp's 8 random
@@ -29,6 +31,39 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def umask_mode(folder: bool = False) -> int:
+    """The permissions a plain ``open()`` (``0o666``) or ``mkdir()`` (``0o777``) gets under the umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+def ensure_disjoint(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *,
+                    option: str = "--out", inside_ok: bool = False) -> Path:
+    """The one rule of what an output may touch: never an input. Refuse ``out`` (one line naming
+    both and the fix) when it is an input (same path, symlink or hard link), holds an input (an
+    overwrite would delete or move it), or lies inside an input folder (unless ``inside_ok``).
+    Returns ``out`` absolute. ``None`` inputs, URIs and paths that do not exist are ignored."""
+    given = Path(out).expanduser().absolute()
+    real = given.resolve()
+    for item in inputs:
+        if item is None or str(item) == "" or "://" in str(item):
+            continue
+        src = Path(item).expanduser().resolve()
+        if not src.exists():  # nothing there to lose (a name such as "imagenet", a file yet to come)
+            continue
+        same = real == src
+        if not same and real.exists() and src.exists():
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(real, src)
+        if same or src.is_relative_to(real):
+            what = "is" if same else "holds"
+            raise HareidError(f"{given}: {option} {what} the input {item}, which hareid only reads; "
+                              f"pick another {option}")
+        if not inside_ok and src.is_dir() and real.is_relative_to(src):
+            raise HareidError(f"{given}: {option} lies inside the input folder {item}, which hareid only "
+                              f"reads; pick an {option} outside it")
+    return given
 
 
 @contextlib.contextmanager

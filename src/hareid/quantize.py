@@ -81,6 +81,9 @@ def _batches(calibration: torch.Tensor | Iterable[Any], batch_size: int, limit: 
             raise HareidError("quantize_int8: calibration must yield image batches (B, 3, H, W) "
                               "(a tensor, or a loader of (images, ...) tuples)")
         x = x[: limit - seen].detach().float().cpu().contiguous()
+        if not torch.isfinite(x).all():
+            raise HareidError("quantize_int8: calibration images hold NaN or inf values; pass finite, "
+                              "normalised images")
         if len(x):
             yield x.numpy()
         seen += len(x)
@@ -181,11 +184,16 @@ class Int8Model(nn.Module):
         arr = x.detach().float().contiguous().numpy()
         return torch.from_numpy(self.session.run(None, {self._input: arr})[0])
 
+    #: the files this model was made from (its checkpoint, or the .onnx it was loaded from): never written
+    sources: tuple[str, ...] = ()
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the quantised model to ``path`` (atomic: temp file in the same folder, then rename)."""
-        from hareid.fileio import atomic_path
+        """Write the quantised model to ``path`` (atomic: temp file in the same folder, then rename);
+        refused when ``path`` is (or holds) the checkpoint or file this model was made from."""
+        from hareid.fileio import atomic_path, ensure_disjoint
 
         path = Path(path)
+        ensure_disjoint(path, self.sources, option="path")
         with atomic_path(path) as tmp:
             tmp.write_bytes(self.onnx_bytes)
         return path
@@ -196,7 +204,9 @@ def load_int8(path: str | os.PathLike, threads: int | None = None) -> Int8Model:
     path = Path(path)
     if not path.is_file():
         raise HareidError(f"{path}: int8 model not found; write one with quantize_int8(...).save(path)")
-    return Int8Model(path.read_bytes(), threads=threads)
+    model = Int8Model(path.read_bytes(), threads=threads)
+    model.sources = (str(path),)
+    return model
 
 
 def quantize_int8(
@@ -300,5 +310,7 @@ def quantize_int8(
     entry.key, entry.value = METADATA_KEY, json.dumps({**export_metadata(model, h, w), "format": "int8-qdq"})
     buf = io.BytesIO()
     onnx.save(q, buf)
-    return Int8Model(buf.getvalue(), threads=threads)
+    out = Int8Model(buf.getvalue(), threads=threads)
+    out.sources = tuple(s for s in (getattr(model, "hareid_source", None),) if s)
+    return out
 

@@ -223,6 +223,10 @@ def default_root(version: int = DEFAULT_VERSION, seed: int = 0, cache_dir: str |
     return Path(cache_dir or CACHE_DIR) / (f"synthetic-v{version}" + (f"-seed{seed}" if seed else ""))
 
 
+#: Largest side of a synthetic image: person crops are a few hundred pixels; 100000x100000 would need 30 GB.
+MAX_SIZE = 2048
+
+
 def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int = 100,
                     num_test_ids: int = 100, images_per_id: int = 20, num_cams: int = 6,
                     height: int = 160, width: int = 64, hard_negative_frac: float | None = None,
@@ -244,6 +248,9 @@ def write_synthetic(root: str | os.PathLike, seed: int = 0, num_train_ids: int =
                         "identity and >=2 cameras")
     if height < 32 or width < 16:
         raise DataError(f"{root}: synthetic images must be at least 32x16 pixels, got {height}x{width}")
+    if height > MAX_SIZE or width > MAX_SIZE:  # checked before any folder or pixel is made
+        raise DataError(f"{root}: synthetic images of {height}x{width} pixels; the limit is "
+                        f"{MAX_SIZE} per side (--height/--width)")
     render = renderer(version)
     root = Path(root).expanduser()
     params = synthetic_params(version, seed, num_train_ids, num_test_ids, images_per_id, num_cams,

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hareid.data.records import ImageRecord, ReIDDataset
 from hareid.errors import CheckpointError, ConfigError, DataError
-from hareid.fileio import atomic_write_text
+from hareid.fileio import atomic_write_text, ensure_disjoint
 
 __all__ = ["AdaptOptions", "TrackletSampler", "adapt", "init_model", "merge_tracklets",
            "recompute_batchnorm", "run_summary", "split_overrides", "time_split"]
@@ -472,28 +472,46 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     the model with fresh classifiers, loaders, the score before training, train, record.
     """
     from hareid.checkpoint import load_checkpoint
-    from hareid.config import load_config
-    from hareid.data.tracklets import load_tracklets_meta
-    from hareid.engine.trainer import Trainer
     from hareid.footage.extract import prepare_output
     from hareid.models.loading import model_from_checkpoint
-    from hareid.models.weights import load_init_weights
 
     tic = time.perf_counter()
     cfg_overrides, opts = _cfg_overrides(overrides)
-    run = prepare_output(out, overwrite)
+    resuming = any(o.startswith("train.resume=") for o in cfg_overrides)
+    run = prepare_output(out, overwrite or resuming)  # a resume continues its own folder (the Trainer checks)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint not found; pass a hareid or torchreid HACNN .pt file")
     ckpt = load_checkpoint(checkpoint)  # the one read of the checkpoint; passed on from here
     source, info = model_from_checkpoint(ckpt, checkpoint)  # fail early on a foreign checkpoint
+    own = run / "tracklets"  # this run's own tracklets: the one input its folder may hold
+    ensure_disjoint(run, [*(f for f in footage if not Path(f).expanduser().absolute().is_relative_to(own)),
+                          checkpoint])
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
-        root = _resolve_tracklets(footage, run, extract_cfg, progress)
+        return _adapt(checkpoint, footage, run, ckpt, source, info, cfg_overrides, opts, extract_cfg, progress,
+                      overwrite, monitor, tic, resuming)
     except BaseException:
-        if created:
+        # a failure before the first checkpoint (too few tracklets, a bad option, Ctrl-C while
+        # extracting) leaves no folder behind that the retry would refuse
+        if created and not (run / "checkpoints").is_dir():
             shutil.rmtree(run, ignore_errors=True)
         raise
+
+
+def _adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], run: Path, ckpt: Mapping[str, Any],
+           source: Any, info: dict[str, Any], cfg_overrides: list[str], opts: AdaptOptions, extract_cfg: Any,
+           progress: bool, overwrite: bool, monitor: Any, tic: float, resuming: bool) -> dict[str, Any]:
+    """:func:`adapt` once its run folder is ready and its checkpoint read."""
+    from hareid.config import load_config
+    from hareid.data.tracklets import is_tracklets_folder, load_tracklets_meta
+    from hareid.engine.trainer import Trainer
+    from hareid.models.weights import load_init_weights
+
+    if resuming and is_tracklets_folder(run / "tracklets"):  # the tracklets of the run being resumed
+        root = run / "tracklets"
+    else:
+        root = _resolve_tracklets(footage, run, extract_cfg, progress)
     t_extract = time.perf_counter() - tic
     meta = load_tracklets_meta(root)
     cfg = load_config("hacnn_adapt", [f"data.root={root}", f"output_dir={run}",
@@ -530,6 +548,9 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
                       eval_fn=eval_fn, num_classes=ids.num_ids, model_spec=spec, overwrite=overwrite,
                       init_report=init_report)
     result = trainer.fit()
+    if result.get("interrupted"):  # Ctrl-C / SIGTERM: the checkpoint is saved, best.pt may not exist yet
+        result["adapt"] = None
+        return result
     best = run / "checkpoints" / "best.pt"
     if not best.is_file() and (run / "checkpoints" / "last.pt").is_file():
         shutil.copyfile(run / "checkpoints" / "last.pt", best)  # no validation: the last epoch

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hareid.config import RUN_CONFIG_MARK
 from hareid.errors import ConfigError, HareidError
 from hareid.fileio import atomic_write_text, remove_stale_temp_files
 
@@ -141,6 +142,24 @@ class RunFolder:
             self._resolve_previous()
         return self
 
+    #: Everything a run (and the commands that read it) writes at its top level; with ``EARLY_FILES``.
+    RUN_ENTRIES = frozenset({*EARLY_FILES, "eval.json", "report", "adapt.json", "attention_score.json"})
+
+    def _is_run_config(self) -> bool:
+        try:
+            with open(self.path / "config.yaml", encoding="utf-8", errors="replace") as f:
+                return f.readline().rstrip("\n") == RUN_CONFIG_MARK
+        except OSError:
+            return False
+
+    def _foreign(self, taken: list[Path]) -> list[Path]:
+        """Entries that are not a hareid run's: never moved or deleted, even with ``--overwrite``.
+        A config.yaml is a run's when it carries the run mark or sits beside other run files
+        (metrics.jsonl, checkpoints/, ...); a lone unmarked config.yaml is the user's."""
+        names = {p.name for p in taken}
+        run_config = self._is_run_config() or bool(names & (self.RUN_ENTRIES - {"config.yaml"}))
+        return [p for p in taken if p.name not in self.RUN_ENTRIES or (p.name == "config.yaml" and not run_config)]
+
     def claim(self, own_resume: bool) -> None:
         """Take the folder for this run, then remove temporary files that killed writes left here.
 
@@ -151,6 +170,12 @@ class RunFolder:
         """
         taken = self._contents()
         if taken and not own_resume:
+            foreign = self._foreign(taken)
+            if foreign:
+                names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in foreign[:4])
+                raise HareidError(
+                    f"{self.path}: folder holds files that are not a hareid run ({names}); hareid never "
+                    "moves or deletes them, even with --overwrite: choose another output_dir or move them out")
             died_early = ("config.yaml" in {p.name for p in taken} and not self._has_checkpoint()
                           and all(p.name in self.EARLY_FILES for p in taken))
             if not (self.overwrite or died_early):

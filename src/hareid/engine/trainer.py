@@ -60,7 +60,7 @@ from hareid.engine.state import (
     set_rng_state,
 )
 from hareid.errors import CheckpointError, ConfigError, HareidError
-from hareid.fileio import atomic_write_text
+from hareid.fileio import atomic_write_text, ensure_disjoint
 from hareid.losses import ReIDLoss
 from hareid.optim import build_optimizer, build_scheduler, current_lr
 
@@ -651,6 +651,11 @@ class Trainer:
         ...), ``best`` ({"metric", "value", "epoch"}), ``run_dir``, ``interrupted`` and ``rank``.
         """
         self.setup()
+        if self.is_main:  # the run folder may not be, hold or sit inside what the run reads
+            own = self.run_dir / "tracklets"  # `hareid adapt`'s own input, written into the run folder
+            inputs = [p for p in (self.cfg.data.root, self.cfg.model.init)
+                      if p and not Path(p).expanduser().absolute().is_relative_to(own.absolute())]
+            ensure_disjoint(self.run_dir, inputs, option="output_dir")
         self._folder = RunFolder(self.run_dir, overwrite=self.overwrite) if self.is_main else None
         with self._folder or nullcontext():
             interrupted, train_stats = self._fit()

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hareid.errors import DataError, HareidError
+from hareid.fileio import ensure_disjoint, umask_mode
 from hareid.footage.detect import build_detector
 from hareid.footage.masks import person_mask
 from hareid.footage.readers import FrameSource, import_cv2, open_footage
@@ -220,6 +221,7 @@ def extract_tracklets(footage: Sequence[str | os.PathLike], out: str | os.PathLi
     cfg = cfg or ExtractConfig()
     if not footage:
         raise DataError("no footage given; pass video files, frame folders or MOT sequence folders")
+    ensure_disjoint(out, footage)  # footage is only read: --out may not be, hold or sit inside it
     out = prepare_output(out, overwrite)
     sources = [open_footage(p, cfg.fps, cfg.start, cfg.stop, cfg.boxes) for p in footage]
     names: dict[str, int] = {}
@@ -230,6 +232,7 @@ def extract_tracklets(footage: Sequence[str | os.PathLike], out: str | os.PathLi
             s.name = f"{s.name}-{k + 1}"
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, umask_mode(folder=True))  # the finished folder gets the umask's permissions, not 0700
     except OSError as e:
         raise HareidError(f"{out.parent}: cannot write here ({e.strerror}); pick another --out") from None
     try:

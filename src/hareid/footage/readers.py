@@ -14,6 +14,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,12 @@ class VideoFile(FrameSource):
     def __init__(self, path: Path, fps: float | None = None, start: int = 0,
                  stop: int | None = None) -> None:
         cv2 = import_cv2()
+        check_video_header(path)
         cap = cv2.VideoCapture(str(path))
         try:
+            if cap.isOpened():  # the size the container declares, before any frame is decoded
+                w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+                _check_pixels(path, w, h)
             ok, _ = cap.read() if cap.isOpened() else (False, None)
             if not ok:
                 raise DataError(
@@ -159,6 +164,62 @@ class VideoFile(FrameSource):
             cap.release()
 
 
+#: Largest frame (width x height) hareid decodes: more than 8K video (7680x4320 = 33 Mpx).
+MAX_FRAME_PIXELS = 96_000_000
+
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    if w * h > MAX_FRAME_PIXELS:
+        raise DataError(f"{path}: declares {w}x{h} pixels per frame, more than hareid decodes "
+                        f"({MAX_FRAME_PIXELS}); scale it down first: ffmpeg -i IN -vf scale=1920:-2 out.mp4")
+
+
+def _sniff_video(head: bytes) -> str | None:
+    """The container a file's first bytes announce (AVI, MP4/MOV, Matroska/WebM, MPEG, ASF), else None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "mp4"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "matroska"
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
+        return "mpeg"
+    if (head[:1] == b"G" and head[188:189] == b"G") or (head[4:5] == b"G" and head[196:197] == b"G"):
+        return "mpegts"
+    if head[:8] == b"\x30\x26\xb2\x75\x8e\x66\xcf\x11":
+        return "asf"
+    return None
+
+
+def _avi_size(f: Any) -> tuple[int, int] | None:
+    """Width and height from an AVI's main header (``avih``), read without decoding."""
+    f.seek(0)
+    data = f.read(1 << 16)
+    at = data.find(b"avih")
+    if at < 0 or len(data) < at + 48:
+        return None
+    w, h = struct.unpack_from("<II", data, at + 8 + 32)
+    return w, abs(h)
+
+
+def check_video_header(path: Path) -> None:
+    """Refuse, from its first bytes, a file that is not a video container (an image renamed .avi),
+    and an AVI that declares frames larger than :data:`MAX_FRAME_PIXELS`; nothing is decoded."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+            kind = _sniff_video(head)
+            size = _avi_size(f) if kind == "avi" else None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read this video ({e.strerror})") from None
+    if kind is None:
+        raise DataError(f"{path}: cannot decode this video: no AVI, MP4/MOV, Matroska/WebM, MPEG or ASF "
+                        "header (an image or another file renamed?); pass a real video (decoded with "
+                        f"{VIDEO_EXTRA}), a folder of frames or a MOT sequence folder")
+    if size is not None:
+        _check_pixels(path, *size)
+
+
 def _has_ffmpeg(cv2: Any) -> str:
     info = cv2.getBuildInformation()
     m = re.search(r"FFMPEG:\s*(\w+)", info)
@@ -195,7 +256,10 @@ class FrameFolder(FrameSource):
                step: int = 1) -> Iterator[Frame]:
         cv2 = import_cv2()
         lo, hi = self._range(start, stop)
+        from hareid.data.loader import image_size
+
         for i in range(lo, hi if hi is not None else len(self.files), step):
+            image_size(str(self.files[i]), MAX_FRAME_PIXELS)  # header first: a small file can declare a huge frame
             img = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
             if img is None:
                 raise DataError(f"{self.files[i]}: unreadable frame image; replace or remove it")

@@ -11,7 +11,6 @@ range and source runs inside the database.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -112,11 +111,11 @@ class Filter:
         return " AND ".join(parts), params
 
     def milvus(self) -> str:
-        """A Milvus boolean expression (string literals JSON-quoted, so any name is safe)."""
+        """A Milvus boolean expression (string literals quoted by :func:`milvus_literal`)."""
         parts = []
         for col, values in (("camera", self.cameras), ("source", self.sources)):
             if values is not None:
-                parts.append(f"{col} in [{', '.join(json.dumps(v) for v in values)}]"
+                parts.append(f"{col} in [{', '.join(milvus_literal(v) for v in values)}]"
                              if values else "id < 0")
         if self.time_min is not None or self.time_max is not None:
             parts.append("time is not null")
@@ -125,6 +124,14 @@ class Filter:
         if self.time_max is not None:
             parts.append(f"time <= {self.time_max!r}")
         return " and ".join(parts)
+
+
+def milvus_literal(value: str) -> str:
+    """``value`` as a Milvus string literal: double quotes, with only backslash, quote and line
+    breaks escaped. Not JSON: Milvus rejects JSON's ``\\uXXXX`` escapes, so a camera called 门口
+    or a path with accents must stay as it is."""
+    out = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hareid.errors import DataError
+from hareid.fileio import ensure_disjoint
 from hareid.progress import progress as progress_bar
 
 __all__ = ["GalleryRecord", "gallery_records", "index_gallery"]
@@ -155,7 +156,10 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
     from hareid import distributed as hdist
     from hareid.index import open_index
     from hareid.index.embedder import load_embedder
+    from hareid.index.milvus_store import is_milvus_uri
 
+    if not is_milvus_uri(str(out)):  # the index may live inside the gallery, never hold or be it
+        ensure_disjoint(out, [root, meta, checkpoint], inside_ok=True)
     dist = hdist.init_distributed()
     rank, world = dist.rank, dist.world_size
     records = gallery_records(root, dataset, split, meta)
@@ -171,10 +175,13 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
     if rank == 0:
         index = open_index(out, embedder.dim, create=True, kind=kind, nlist=nlist, nprobe=nprobe,
                            pq_m=pq_m, collection=collection, token=token)
-        if index.get_setting("root") is None:  # the folder `hareid serve` may serve images from
-            folder = Path(root) if Path(root).is_dir() else Path(meta or root).parent
-            index.set_setting("root", str(folder.resolve()))
+        folder = (Path(root) if Path(root).is_dir() else Path(meta or root).parent).resolve()
+        stored = index.get_setting("root")
+        if stored is None:  # the folder the paths are relative to (serve re-roots them; never trusts it)
+            index.set_setting("root", str(folder))
         done = index.indexed_paths()
+        if isinstance(stored, str) and stored and Path(stored) != folder:  # a moved or copied gallery
+            done = done | {str(folder / Path(p).relative_to(stored)) for p in done if Path(p).is_relative_to(stored)}
         todo_mask = torch.tensor([r.path not in done for r in records], dtype=torch.uint8)
     if world > 1:
         todo_mask = hdist.all_gather_tensor(todo_mask)[0]

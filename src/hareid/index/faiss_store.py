@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from hareid.errors import HareidError
+from hareid.fileio import umask_mode
 from hareid.index.base import (
     Filter,
     Item,
@@ -133,6 +134,7 @@ class FaissIndex(VectorIndex):
         self._folder = folder
         db = folder / DB_NAME
         exists = db.is_file()
+        made_folder = False
         if not exists:
             if self.read_only:
                 raise HareidError(f"{folder}: not a saved GalleryIndex (no {DB_NAME}); build one "
@@ -140,7 +142,15 @@ class FaissIndex(VectorIndex):
             if dim is None:
                 raise HareidError(f"{folder}: no index there; give the embedding size (dim) to "
                                   "create one")
+            check_kind(kind)  # options checked before anything is written: a refusal leaves no file
+            self.dim, self.kind = int(dim), kind  # type: ignore[arg-type]
+            self.nlist, self.pq_m, self.pq_nbits = int(nlist), int(pq_m), int(pq_nbits)
+            self.nprobe = 16 if nprobe is None else int(nprobe)
+            self._validate()
+            made_folder = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
+        elif nprobe is not None and int(nprobe) < 1:
+            raise HareidError(f"nprobe must be >= 1, got {nprobe}")
         self._take_lock()
         self._conn = None
         try:
@@ -148,11 +158,8 @@ class FaissIndex(VectorIndex):
             if exists:
                 self._load_settings(dim, kind)
             else:
-                check_kind(kind)
-                self.dim, self.kind = int(dim), kind  # type: ignore[arg-type]
-                self.nlist, self.pq_m, self.pq_nbits = int(nlist), int(pq_m), int(pq_nbits)
-                self.nprobe = 16 if nprobe is None else int(nprobe)
-                self._validate()
+                if self.durable:  # SQLite creates 0644 whatever the umask; a plain open() would not
+                    os.chmod(db, umask_mode())
                 self._create_schema()
             if nprobe is not None:
                 self.nprobe = int(nprobe)
@@ -163,6 +170,12 @@ class FaissIndex(VectorIndex):
             self._open_faiss()
         except BaseException:
             self._release()
+            if not exists and self.durable:  # a failed creation leaves nothing for the rerun to trip on
+                for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", "lock"):
+                    (folder / name).unlink(missing_ok=True)
+                if made_folder:
+                    with suppress(OSError):
+                        folder.rmdir()
             raise
 
     # ------------------------------------------------------------------ construction
@@ -249,6 +262,10 @@ class FaissIndex(VectorIndex):
             raise HareidError(f"dim must be positive, got {self.dim}")
         if self.kind != "flat" and self.nlist < 1:
             raise HareidError(f"nlist must be >= 1, got {self.nlist}")
+        if self.nprobe < 1:
+            raise HareidError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.kind == "ivfpq" and self.pq_m < 1:
+            raise HareidError(f"pq_m must be >= 1, got {self.pq_m}")
         if self.kind == "ivfpq" and self.dim % self.pq_m:
             raise HareidError(f"pq_m={self.pq_m} must divide the embedding size {self.dim} "
                               "(e.g. 32, 64, 128 for 1024-d)")

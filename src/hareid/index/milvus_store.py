@@ -32,6 +32,7 @@ from hareid.index.base import (
     SearchResult,
     VectorIndex,
     check_kind,
+    milvus_literal,
 )
 
 DEFAULT_COLLECTION = "hareid_gallery"
@@ -141,7 +142,7 @@ class MilvusIndex(VectorIndex):
         x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources)
         for i in range(0, len(given), 1000):  # unique paths, checked in the database
             chunk = given[i : i + 1000]
-            hit = self._client.query(self.collection, filter=f"path in {json.dumps(chunk)}",
+            hit = self._client.query(self.collection, filter=f"path in [{', '.join(milvus_literal(p) for p in chunk)}]",
                                      output_fields=["id", "path"], limit=1)
             if hit:
                 raise HareidError(f"{hit[0]['path']}: already in the index (id {hit[0]['id']}); "
@@ -202,9 +203,12 @@ class MilvusIndex(VectorIndex):
         if self.kind != "flat":
             params["params"]["nprobe"] = min(self.nprobe, self.nlist)
         expr = "" if filter is None or filter.empty else filter.milvus()
-        return self._client.search(self.collection, data=[v for v in x], limit=k, filter=expr,
-                                   output_fields=fields, search_params=params,
-                                   consistency_level="Strong")
+        try:
+            return self._client.search(self.collection, data=[v for v in x], limit=k, filter=expr,
+                                       output_fields=fields, search_params=params,
+                                       consistency_level="Strong")
+        except _pymilvus().MilvusException as e:  # one line naming the index, not a traceback
+            raise HareidError(f"{self.uri}: Milvus refused the search ({str(e).splitlines()[0][:200]})") from e
 
     def search_arrays(self, features: Any, k: int = 10,
                       filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,7 @@ def model_from_checkpoint(
                 width=int(data_cfg.get("width") or entry.input_size[1]), mean=entry.mean, std=entry.std)
     if device is not None:
         model = model.to(device)
+    model.hareid_source = str(path)  # exports and int8 saves refuse to write over the file they came from
     return model.eval(), info
 
 

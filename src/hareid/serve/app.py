@@ -23,13 +23,13 @@ Parts: :mod:`hareid.serve.gallery` (the gallery), :mod:`hareid.serve.context` (w
 # no "from __future__ import annotations": FastAPI reads these annotations at run time
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hareid.errors import HareidError
 from hareid.serve.gallery import Gallery
-from hareid.serve.limits import BodyLimit, Limits, UploadError
+from hareid.serve.limits import BodyLimit, Limits, OriginGuard, UploadError
 
 STATIC = Path(__file__).parent / "static"
 
@@ -45,8 +45,14 @@ def _fastapi():
 
 
 def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *, max_batch: int = 32,
-               max_wait_s: float = 0.004, close_gallery: bool = True):
-    """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery."""
+               max_wait_s: float = 0.004, close_gallery: bool = True, hosts: Sequence[str] = (),
+               allow_origins: Sequence[str] = ()):
+    """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery.
+
+    Requests must be addressed to a loopback name or one of ``hosts``, and come from the page
+    itself or one of ``allow_origins`` (:class:`~hareid.serve.limits.OriginGuard`)."""
+    if max_batch < 1:
+        raise HareidError(f"max_batch must be >= 1, got {max_batch}")
     fastapi = _fastapi()
     from fastapi.responses import JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -74,16 +80,17 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         app = fastapi.FastAPI(**kwargs)
     one_image = limits.max_image_bytes + 2**20  # one image + form fields
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
-                       per_path={"/search": one_image, "/embed": one_image})
+                       per_path={"/search": one_image, "/embed": one_image}, timeout_s=limits.body_timeout_s)
+    app.add_middleware(OriginGuard, hosts=list(hosts), origins=list(allow_origins))  # outermost
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(UploadError)
     async def _upload_error(_request: Any, e: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": e.message}, status_code=e.status)
+        return JSONResponse({"detail": gallery.scrub(e.message)}, status_code=e.status)
 
     @app.exception_handler(HareidError)
     async def _user_error(_request: Any, e: HareidError) -> JSONResponse:
-        return JSONResponse({"detail": str(e).splitlines()[0]}, status_code=422)
+        return JSONResponse({"detail": gallery.scrub(str(e).splitlines()[0])}, status_code=422)
 
     app.include_router(search_router(ctx))
     app.include_router(gallery_router(ctx))

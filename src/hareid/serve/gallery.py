@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hareid.errors import HareidError
+from hareid.fileio import umask_mode
 from hareid.index import VectorIndex
 
 __all__ = ["LRU", "MAX_ID", "Gallery", "default_uploads", "open_gallery", "store_upload"]
@@ -26,26 +27,58 @@ class Gallery:
     """An opened gallery: its index, the folders images may be served from, the upload folder."""
 
     index: VectorIndex
-    roots: list[Path]
+    roots: list[Path]  # from the command line only: the --gallery (or --images) folder, the uploads
     uploads: Path
     facets: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the folder the index says it was built from: only a prefix to re-root stored paths onto
+    #: ``roots`` (a moved or copied gallery serves its own files), never a folder files are served from
+    stored_root: str | None = None
+    #: serialises the writes (store + add, delete + unlink) so that a loser never touches the winner's file
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _candidates(self, path: str) -> list[Path]:
+        p = Path(path)
+        out = []
+        if self.stored_root and p.is_absolute():
+            with contextlib.suppress(ValueError):
+                rel = p.relative_to(self.stored_root)
+                if ".." not in rel.parts:
+                    out += [r / rel for r in self.roots if r != self.uploads_real]
+        return [*out, p]
+
+    @property
+    def uploads_real(self) -> Path:
+        return self.uploads.resolve()
 
     def resolve(self, path: str) -> Path | None:
-        """The real file of a stored path if it lies under a gallery root, else None."""
-        try:
-            real = Path(path).resolve(strict=True)
-        except (OSError, RuntimeError):
-            return None
-        ok = real.is_file() and any(real.is_relative_to(r) for r in self.roots)
-        return real if ok else None
+        """The real file of a stored path if it lies under a root given on the command line, else None."""
+        for cand in self._candidates(path):
+            try:
+                real = cand.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if real.is_file() and any(real.is_relative_to(r) for r in self.roots):
+                return real
+        return None
 
     def relative(self, path: str) -> str:
-        p = Path(path)
-        for r in self.roots:
+        real = self.resolve(path)
+        for r in self.roots if real is not None else []:
             with contextlib.suppress(ValueError):
-                return p.resolve().relative_to(r).as_posix()
-        return p.name
+                return real.relative_to(r).as_posix()
+        if self.stored_root:
+            with contextlib.suppress(ValueError):
+                return Path(path).relative_to(self.stored_root).as_posix()
+        return Path(path).name
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the server's absolute folders (error details name files relative to them)."""
+        for folder in sorted({*(str(r) for r in self.roots), str(self.uploads), self.stored_root or ""},
+                             key=len, reverse=True):
+            if len(folder) > 1:
+                text = text.replace(folder.rstrip("/") + "/", "").replace(folder, ".")
+        return text
 
     def refresh_facets(self) -> dict[str, Any]:
         f = self.index.facets()
@@ -74,15 +107,20 @@ def default_uploads(location: str | os.PathLike) -> Path:
 
 def open_gallery(gallery: str | os.PathLike, embedder: Any, *, index: str | os.PathLike | None = None,
                  uploads: str | os.PathLike | None = None, collection: str | None = None,
-                 progress: bool = True) -> Gallery:
+                 progress: bool = True, images: str | os.PathLike | None = None) -> Gallery:
     """``--gallery``: an index (FAISS folder, ``.db``, Milvus URI) or a folder of images / dataset,
-    which is indexed first (into ``index``, default ``GALLERY/.hareid-index``; resumable)."""
+    which is indexed first (into ``index``, default ``GALLERY/.hareid-index``; resumable).
+
+    Files are served only from the folders the caller names: ``images`` (default: the gallery
+    folder; an index alone serves no gallery file) and the upload folder. The index's stored
+    settings never widen that: a crafted or copied index cannot make the server read elsewhere."""
     from hareid.index import open_index
     from hareid.index.build import index_gallery
     from hareid.index.faiss_store import DB_NAME
     from hareid.index.milvus_store import is_milvus_uri
 
     g = str(gallery)
+    folder: Path | None = None
     if is_milvus_uri(g) or (Path(g) / DB_NAME).is_file():
         location: str | os.PathLike = g
     else:
@@ -100,10 +138,14 @@ def open_gallery(gallery: str | os.PathLike, embedder: Any, *, index: str | os.P
                           f"{embedder.dim}-d; serve it with the checkpoint it was built with")
     up = Path(uploads) if uploads else default_uploads(location)
     up.mkdir(parents=True, exist_ok=True)
-    root = idx.get_setting("root")
-    roots = [Path(root).resolve()] if root else []
+    served = images if images is not None else folder
+    if served is not None and not Path(served).is_dir():
+        idx.close()
+        raise HareidError(f"{served}: --images is not a folder; pass the folder the gallery images are in")
+    roots = [Path(served).resolve()] if served is not None else []
     roots.append(up.resolve())
-    out = Gallery(idx, roots, up)
+    stored = idx.get_setting("root")
+    out = Gallery(idx, roots, up, stored_root=str(stored) if isinstance(stored, str) and stored else None)
     out.refresh_facets()
     return out
 
@@ -148,7 +190,14 @@ def store_upload(folder: Path, data: bytes) -> tuple[Path, bool]:
     if dest.exists():
         return dest, False
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, umask_mode())
+        try:  # link, not replace: of two writers (even two processes) only one creates the file
+            os.link(tmp, dest)
+        except FileExistsError:
+            return dest, False
+    finally:
+        os.unlink(tmp)
     return dest, True

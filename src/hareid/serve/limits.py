@@ -8,6 +8,7 @@ count is read from the header before it is decoded, and only JPEG, PNG, WebP and
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import warnings
@@ -31,6 +32,7 @@ class Limits:
     max_k: int = 200  #: matches per page
     max_offset: int = 10_000  #: deepest page start
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
+    body_timeout_s: float = 10.0  #: longest wait for the next piece of a request body (slow clients)
 
 
 class UploadError(Exception):
@@ -103,9 +105,11 @@ class BodyLimit:
     body is counted as it streams and cut off when it passes the limit.
     """
 
-    def __init__(self, app: Any, max_bytes: int, per_path: dict[str, int] | None = None):
+    def __init__(self, app: Any, max_bytes: int, per_path: dict[str, int] | None = None,
+                 timeout_s: float | None = None):
         self.app, self.default = app, int(max_bytes)
         self.per_path = dict(per_path or {})
+        self.timeout_s = timeout_s  # a body that stalls longer between pieces is dropped (408)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -119,9 +123,15 @@ class BodyLimit:
         seen = 0
         over = started = replaced = False
 
+        slow = False
+
         async def limited_receive() -> dict:
-            nonlocal seen, over
-            message = await receive()
+            nonlocal seen, over, slow
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                slow = True
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -132,8 +142,11 @@ class BodyLimit:
         async def guarded_send(message: dict) -> None:
             # frameworks turn a failed body read into their own 4xx: answer 413 instead
             nonlocal started, replaced
-            if over and not started and message["type"] == "http.response.start":
-                await self._reject(send, seen, limit)
+            if (over or slow) and not started and message["type"] == "http.response.start":
+                if over:
+                    await self._reject(send, seen, limit)
+                else:
+                    await self._too_slow(send)
                 started = replaced = True
                 return
             if replaced:
@@ -146,6 +159,13 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await self._reject(send, seen, limit)
+        except _TooSlow:
+            if not started:
+                await self._too_slow(send)
+
+    async def _too_slow(self, send: Any) -> None:
+        await _answer(send, 408, f"request body stalled for more than {self.timeout_s:g} s; send it "
+                                 "at once", close=True)
 
     @staticmethod
     async def _reject(send: Any, size: int, limit: int) -> None:
@@ -160,3 +180,89 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+#: Names a loopback server answers to when no other is allowed.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(value: str) -> str:
+    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1`` (lower case)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class OriginGuard:
+    """ASGI middleware: answer only requests addressed to this server, from its own page.
+
+    * ``Host`` must be a name the server answers to (loopback names, the bound address, the hosts
+      of allowed origins): a DNS-rebinding page reaches the port under its own name and gets 403.
+    * ``Origin``, when a browser sends one, must be the page's own (``http://`` + the Host the
+      request was sent to) or one of ``origins`` (``--allow-origin``); a web page that posts to the
+      server from elsewhere gets 403 and changes nothing. Allowed named origins get CORS headers.
+    Requests without an Origin (curl, scripts) pass the Origin check.
+    """
+
+    def __init__(self, app: Any, hosts: tuple[str, ...] | list[str] = (),
+                 origins: tuple[str, ...] | list[str] = ()):
+        from urllib.parse import urlsplit
+
+        self.app = app
+        self.origins = {o.strip().rstrip("/").lower() for o in origins if o.strip()}
+        self.hosts = {*LOOPBACK_HOSTS, *(_host_name(h) for h in hosts if h)}
+        self.hosts |= {urlsplit(o).hostname or "" for o in self.origins} - {""}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not host or _host_name(host) not in self.hosts:
+            await _forbid(send, f"Host {host[:80]!r} is not a name this server answers to; open it "
+                                "as http://127.0.0.1:PORT or start it with --allow-origin")
+            return
+        origin = headers.get(b"origin")
+        named = False
+        if origin is not None:
+            o = origin.decode("latin-1").strip().rstrip("/").lower()
+            named = o in self.origins
+            if not named and o not in (f"http://{host.lower()}", f"https://{host.lower()}"):
+                await _forbid(send, f"cross-origin request from {o[:80]!r} refused; allow it with "
+                                    "`hareid serve --allow-origin ORIGIN`")
+                return
+        if not named:
+            await self.app(scope, receive, send)
+            return
+        cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        if scope["method"] == "OPTIONS":  # a preflight from an allowed origin
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                *cors, (b"access-control-allow-methods", b"GET, POST, DELETE"),
+                (b"access-control-allow-headers", headers.get(b"access-control-request-headers", b"*"))]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
+
+
+async def _answer(send: Any, status: int, detail: str, close: bool = False) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _forbid(send: Any, detail: str) -> None:
+    await _answer(send, 403, detail)

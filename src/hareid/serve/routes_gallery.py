@@ -69,18 +69,24 @@ def gallery_router(ctx: ServeContext) -> APIRouter:
         srcs, pids = per_image(source, "source", "upload"), per_image(pid, "pid", -1)
         prepared = [await ctx.image_tensor(f) for f in images]  # every file checked before any is kept
         vecs = await asyncio.gather(*[ctx.embed_batcher.submit(x) for x, _, _ in prepared])
-        saved: list[tuple[Path, bool]] = []
-        try:
-            for _, data, _ in prepared:
-                saved.append(await run_in_threadpool(store_upload, ctx.gallery.uploads, data))
-            ids = await run_in_threadpool(ctx.index.add, np.stack(vecs), [str(p) for p, _ in saved],
-                                          pids, cams, times, srcs)
-        except (HareidError, ValueError, OverflowError) as e:
-            for p, created in saved:  # keep no file the index does not hold
-                if created:
-                    p.unlink(missing_ok=True)
-            raise UploadError(409 if "already in the index" in str(e) else 422,
-                              str(e).splitlines()[0]) from None
+
+        def store_and_add() -> np.ndarray:
+            # one writer at a time: a request that loses (409) removes only files it created while
+            # holding the lock, so never the file of the request that won
+            with ctx.gallery.write_lock:
+                saved: list[tuple[Path, bool]] = []
+                try:
+                    for _, data, _ in prepared:
+                        saved.append(store_upload(ctx.gallery.uploads, data))
+                    return ctx.index.add(np.stack(vecs), [str(p) for p, _ in saved], pids, cams, times, srcs)
+                except (HareidError, ValueError, OverflowError) as e:
+                    for p, created in saved:  # keep no file the index does not hold
+                        if created:
+                            p.unlink(missing_ok=True)
+                    raise UploadError(409 if "already in the index" in str(e) else 422,
+                                      str(e).splitlines()[0]) from None
+
+        ids = await run_in_threadpool(store_and_add)
         ctx.gallery.note_added(cams, srcs, times)
         items = await run_in_threadpool(ctx.index.get, ids.tolist())
         return AddOut(ids=ids.tolist(), items=[ctx.item_out(it) for it in items if it], count=len(ctx.index))
@@ -117,12 +123,19 @@ def gallery_router(ctx: ServeContext) -> APIRouter:
     @router.delete("/gallery/{item_id}", summary="Remove an item (and its uploaded file)")
     async def delete(item_id: ItemId) -> dict[str, int]:
         it = await run_in_threadpool(ctx.get_item, item_id)
-        if not await run_in_threadpool(ctx.index.delete, [item_id]):
+
+        def delete_and_unlink() -> bool:
+            with ctx.gallery.write_lock:  # an add of the same image waits: it never loses its new file
+                if not ctx.index.delete([item_id]):
+                    return False
+                real = ctx.gallery.resolve(it.path)
+                if real is not None and real.is_relative_to(ctx.gallery.uploads_real):
+                    real.unlink(missing_ok=True)
+                return True
+
+        if not await run_in_threadpool(delete_and_unlink):
             raise UploadError(404, f"gallery item {item_id} not found")
         ctx.attn_cache.drop(item_id)
-        real = ctx.gallery.resolve(it.path)
-        if real is not None and real.is_relative_to(ctx.gallery.uploads.resolve()):
-            real.unlink(missing_ok=True)
         return {"deleted": item_id, "count": len(ctx.index)}
 
     return router
