@@ -220,7 +220,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                  sources=args.source)
     for query, hits in search_images(args.checkpoint, args.index, args.images, k=args.k,
                                      filter=None if flt.empty else flt,
-                                     skip_bad_images=args.skip_bad_images):
+                                     skip_bad_images=args.skip_bad_images,
+                                     collection=args.collection):
         print(query)
         for rank, (path, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:7.4f}  {path}")
@@ -664,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-max", type=float, default=None, help="only items at or before this time")
     sp.add_argument("--source", action="append", default=None, help="only this source (repeatable)")
     sp.add_argument("--skip-bad-images", action="store_true", help="drop unreadable query images (listed as warnings)")
+    sp.add_argument("--collection", default=None,
+                    help="Milvus collection (default hareid_gallery)")
 
     sp = add("serve")
     sp.add_argument("checkpoint", help="the checkpoint the gallery is (or will be) indexed with")
