@@ -234,7 +234,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     --gallery is an index written by `hareid index` (folder, .db or Milvus URI) or a folder of
     images / a dataset, indexed first into --index (default GALLERY/.hareid-index; resumable).
     The page: drop a query image, see the top matches with camera, time and attention, filter,
-    page, add and delete gallery images. The API: POST /embed, /search, /gallery; DELETE
+    page, add and delete gallery images; crops cut from footage are grouped by tracklet, with a
+    per-camera timeline and, for footage given with --footage, the frame they were cut from. The
+    API: POST /embed, /search, /gallery; DELETE
     /gallery/ID; GET /healthz; documentation at /docs. Binds 127.0.0.1 unless --host says
     otherwise (the API has no authentication). --check starts the app in-process, runs one
     search and exits (no socket).
@@ -243,7 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
                     collection=args.collection, max_batch=args.max_batch, device=args.device,
-                    progress=not args.quiet)
+                    progress=not args.quiet, footage=args.footage or ())
     gallery = app.state.gallery
     print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
           f"{gallery.index.kind}); uploads go to {gallery.uploads}")
@@ -529,7 +531,8 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                             "hareid search best.pt gallery_index q.jpg --camera 2 --time-min 100"]),
     "serve": (cmd_serve, ["hareid serve runs/demo/checkpoints/best.pt --gallery runs/demo/index",
                           "hareid serve best.pt --gallery photos/ --port 8080",
-                          "hareid serve best.pt --gallery gallery.db --host 0.0.0.0"]),
+                          "hareid serve best.pt --gallery gallery.db --host 0.0.0.0",
+                          "hareid serve best.pt --gallery cams.db --footage /data/videos"]),
     "datasets": (cmd_datasets, ["hareid datasets data/market1501",
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
@@ -683,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
     sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
+    sp.add_argument("--footage", action="append", default=None, metavar="PATH",
+                    help="video file or folder whose footage the page may show (repeatable); "
+                         "an item's source must lie under one")
 
     sp = add("datasets")
     sp.add_argument("root", help="dataset folder (or a CSV manifest)")

@@ -452,7 +452,7 @@ class VectorIndex(ABC):
         out = []
         for res in self.search(features, depth, filter):
             groups = group_by_tracklet(res)
-            more = len(groups) > offset + k or len(res.ids) >= depth
+            more = len(groups) > offset + k or (len(res.ids) >= depth and depth < len(self))
             out.append(GroupedResult(groups[offset : offset + k], depth, len(res.ids), more))
         return out
 

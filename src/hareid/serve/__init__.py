@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from hareid.serve.app import Gallery, create_app, open_gallery
@@ -23,14 +24,20 @@ __all__ = ["Gallery", "Limits", "UploadError", "build_app", "check", "create_app
 def build_app(checkpoint: str | os.PathLike, gallery: str | os.PathLike, *,
               index: str | os.PathLike | None = None, uploads: str | os.PathLike | None = None,
               collection: str | None = None, limits: Limits | None = None, max_batch: int = 32,
-              device: str | None = None, progress: bool = True):
-    """Load the checkpoint, open (or first index) the gallery, return the ASGI app."""
+              device: str | None = None, progress: bool = True,
+              footage: Sequence[str | os.PathLike] = ()):
+    """Load the checkpoint, open (or first index) the gallery, return the ASGI app.
+
+    ``footage``: video files / folders the "show in footage" view may read (``--footage``)."""
     from hareid.index.embedder import load_embedder
+    from hareid.serve.footage import FootageAccess
+
+    access = FootageAccess(footage)  # a wrong path fails before the model loads
 
     embedder = load_embedder(checkpoint, device=device)
     g = open_gallery(gallery, embedder, index=index, uploads=uploads, collection=collection,
                      progress=progress)
-    return create_app(embedder, g, limits or Limits(), max_batch=max_batch)
+    return create_app(embedder, g, limits or Limits(), max_batch=max_batch, footage=access)
 
 
 def check(app: Any) -> dict[str, Any]:

@@ -5,10 +5,14 @@ Routes (all JSON unless noted):
 - ``POST /embed``: image -> embedding;
 - ``POST /search``: an image, an embedding or a gallery id; ``k``, ``offset`` (pages) and filters
   (``camera`` repeated, ``time_min``, ``time_max``, ``source`` repeated) -> matches best first,
-  each with score, distance, camera, time and links to its image and attention strip;
+  each with score, distance, camera, time, tracklet, frame, box and links to its image and
+  attention strip; ``group=tracklet``: one match per person (tracklet) instead, ranked by its
+  best crop, with ``groups`` (how many crops of it matched, its time span, their times);
 - ``POST /gallery``: add images with metadata (searchable when the call returns);
   ``GET /gallery`` (pages of items), ``GET /gallery/facets``, ``GET /gallery/{id}``,
   ``GET /gallery/{id}/image``, ``GET /gallery/{id}/attention.png``, ``DELETE /gallery/{id}``;
+- ``GET /gallery/{id}/footage``: the frame the crop was cut from with its box and a few frames
+  around it (JPEG), for footage given with ``--footage`` (:mod:`hareid.serve.footage`);
 - ``GET /healthz``.
 
 Model calls go through two :class:`~hareid.serve.batching.MicroBatcher` (embeddings, attention
@@ -41,6 +45,7 @@ import torch
 from hareid.errors import HareidError
 from hareid.index import Filter, Item, VectorIndex
 from hareid.serve.batching import MicroBatcher
+from hareid.serve.footage import FootageAccess, FootageError, footage_view
 from hareid.serve.limits import BodyLimit, Limits, UploadError, check_filename, decode_image
 
 STATIC = Path(__file__).parent / "static"
@@ -66,6 +71,7 @@ class Gallery:
     uploads: Path
     facets: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    facets_at: float = 0.0  # monotonic time of the last full facets scan
 
     def resolve(self, path: str) -> Path | None:
         """The real file of a stored path if it lies under a gallery root, else None."""
@@ -86,7 +92,7 @@ class Gallery:
     def refresh_facets(self) -> dict[str, Any]:
         f = self.index.facets()
         with self.lock:
-            self.facets = f
+            self.facets, self.facets_at = f, time.monotonic()
         return f
 
     def note_added(self, cameras: list[str], sources: list[str], times: list[float | None]) -> None:
@@ -171,11 +177,19 @@ class _LRU:
 MAX_ID = 2**63 - 1
 
 
+#: seconds a facets scan is reused (other processes may add to a shared Milvus collection)
+FACETS_TTL_S = 30.0
+
+
 def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *, max_batch: int = 32,
-               max_wait_s: float = 0.004, close_gallery: bool = True):
-    """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery."""
+               max_wait_s: float = 0.004, close_gallery: bool = True,
+               footage: FootageAccess | None = None):
+    """The FastAPI app over an embedder (``embed``, ``preprocess``, ``dim``, ``model``) and a gallery.
+
+    ``footage``: the video files / frame folders the footage view may read (``--footage``)."""
     fastapi = _fastapi()
     limits = limits or Limits()
+    footage = footage if footage is not None else FootageAccess()
     from fastapi import File, Form, UploadFile
     from fastapi import Path as PathParam
     from fastapi.concurrency import run_in_threadpool
@@ -222,6 +236,10 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
     async def _upload_error(_request: Any, e: UploadError) -> JSONResponse:
         return JSONResponse({"detail": e.message}, status_code=e.status)
 
+    @app.exception_handler(FootageError)
+    async def _footage_error(_request: Any, e: FootageError) -> JSONResponse:
+        return JSONResponse({"detail": e.message}, status_code=e.status)
+
     @app.exception_handler(HareidError)
     async def _user_error(_request: Any, e: HareidError) -> JSONResponse:
         return JSONResponse({"detail": str(e).splitlines()[0]}, status_code=422)
@@ -235,13 +253,36 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         time: float | None
         source: str
         pid: int
+        tracklet: str = Field("", description="global tracklet key; '' for a plain image")
+        frame: int = Field(-1, description="0-based frame in its source footage; -1: none")
+        box: list[float] | None = Field(None, description="x1, y1, x2, y2 in frame pixels")
         image_url: str
         attention_url: str
+        footage_url: str | None = Field(None, description="the frame with the box (JPEG), when "
+                                                          "the server may read its footage")
 
     class Match(ItemOut):
         rank: int = Field(description="1-based rank over all pages")
         score: float = Field(description="cosine similarity of the unit embeddings")
         distance: float = Field(description="squared euclidean distance = 2 - 2 * score")
+
+    class Seen(BaseModel):
+        id: int
+        camera: str
+        time: float | None
+        frame: int
+        score: float
+
+    class GroupOut(BaseModel):
+        rank: int = Field(description="1-based rank of the group over all pages")
+        tracklet: str = Field(description="'' for a plain image (a group of one)")
+        best_id: int = Field(description="its best crop: the match in `results` at this rank")
+        camera: str
+        score: float
+        count: int = Field(description="its crops among the top `depth` crops of the query")
+        time_min: float | None
+        time_max: float | None
+        seen: list[Seen] = Field(description="those crops, best first")
 
     class Query(BaseModel):
         kind: Literal["image", "embedding", "gallery"]
@@ -254,6 +295,10 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         offset: int
         has_more: bool = Field(description="a next page may hold more matches")
         results: list[Match]
+        group: Literal["none", "tracklet"] = "none"
+        groups: list[GroupOut] | None = Field(None, description="with group=tracklet: one per "
+                                                                "result, same order")
+        depth: int | None = Field(None, description="crops searched to form the groups")
         query_attention: str | None = Field(None, description="PNG data URL (with attention=true)")
         took_ms: float
 
@@ -280,6 +325,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         time_min: float | None
         time_max: float | None
         count: int
+        tracklets: int = Field(0, description="distinct tracklets in the gallery")
 
     class Health(BaseModel):
         status: str
@@ -290,10 +336,14 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         batching: dict[str, dict[str, float]]
 
     def item_out(it: Item) -> ItemOut:
+        shown = it.frame >= 0 and footage.resolve(it.source) is not None
         return ItemOut(id=it.id, name=Path(it.path).name, path=gallery.relative(it.path),
                        camera=it.camera, time=it.time, source=it.source, pid=it.pid,
+                       tracklet=it.tracklet, frame=it.frame,
+                       box=None if it.box is None else list(it.box),
                        image_url=f"/gallery/{it.id}/image",
-                       attention_url=f"/gallery/{it.id}/attention.png")
+                       attention_url=f"/gallery/{it.id}/attention.png",
+                       footage_url=f"/gallery/{it.id}/footage" if shown else None)
 
     async def image_tensor(upload: UploadFile) -> tuple[torch.Tensor, bytes, str]:
         name = check_filename(upload.filename)
@@ -346,6 +396,10 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
         time_max: Annotated[float | None, Form(description="only items at or before this time")] = None,
         source: Annotated[list[str] | None, Form(description="only these sources (repeat the field)")] = None,
         attention: Annotated[bool, Form(description="also return the query's attention strip")] = False,
+        group: Annotated[Literal["none", "tracklet"], Form(description="tracklet: one result per "
+                         "person (tracklet), ranked by its best crop; k and offset count groups")] = "none",
+        depth: Annotated[int | None, Form(ge=1, le=limits.max_depth, description="group=tracklet: "
+                         "crops searched to form the groups (default max(500, 20 x (offset + k)))")] = None,
     ) -> SearchOut:
         t0 = time.perf_counter()
         given = [image is not None and bool(image.filename or image.size),
@@ -372,24 +426,43 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
             get_item(gallery_id)  # 404 when missing
             q = (await run_in_threadpool(index.vectors, [gallery_id]))[0]
             query = Query(kind="gallery", gallery_id=gallery_id)
-        res = (await run_in_threadpool(index.search, q[None], k, None if flt.empty else flt,
-                                       offset))[0]
+        groups, has_more = None, False
+        if group == "tracklet":
+            depth = depth or min(limits.max_depth, max(500, 20 * (offset + k)))
+            found = (await run_in_threadpool(index.search_groups, q[None], k,
+                                             None if flt.empty else flt, offset, depth))[0]
+            pairs = [(g.score, g.best) for g in found.groups]
+            groups = [GroupOut(rank=offset + j + 1, tracklet=g.tracklet, best_id=g.best.id,
+                               camera=g.best.camera, score=g.score, count=g.count,
+                               time_min=g.time_span[0], time_max=g.time_span[1],
+                               seen=[Seen(id=it.id, camera=it.camera, time=it.time, frame=it.frame,
+                                          score=s) for it, s in zip(g.items, g.scores)])
+                      for j, g in enumerate(found.groups)]
+            has_more = found.has_more
+        else:
+            depth = None
+            res = (await run_in_threadpool(index.search, q[None], k, None if flt.empty else flt,
+                                           offset))[0]
+            pairs = list(zip(res.scores.tolist(), res.items))
+            has_more = len(pairs) == k
         results = [Match(rank=offset + j + 1, score=float(s), distance=float(max(0.0, 2 - 2 * s)),
                          **item_out(it).model_dump())
-                   for j, (s, it) in enumerate(zip(res.scores, res.items))]
+                   for j, (s, it) in enumerate(pairs)]
         strip = None
         if attention and x is not None:
             png = await attn_batcher.submit(x)
             strip = "data:image/png;base64," + base64.b64encode(png).decode()
-        return SearchOut(query=query, k=k, offset=offset, has_more=len(results) == k,
-                         results=results, query_attention=strip,
+        return SearchOut(query=query, k=k, offset=offset, has_more=has_more, results=results,
+                         group=group, groups=groups, depth=depth, query_attention=strip,
                          took_ms=1e3 * (time.perf_counter() - t0))
 
     # ----------------------------------------------------------------- gallery
     @app.get("/gallery/facets", response_model=Facets, summary="Cameras, sources, time range")
     async def facets() -> Facets:
         with gallery.lock:
-            f = dict(gallery.facets)
+            f, stale = dict(gallery.facets), time.monotonic() - gallery.facets_at > FACETS_TTL_S
+        if stale:  # another process may have added to a shared collection
+            f = await run_in_threadpool(gallery.refresh_facets)
         return Facets(count=len(index), **f)
 
     @app.get("/gallery", response_model=Page, summary="Gallery items in id order, a page at a time")
@@ -472,6 +545,20 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
             attn_cache.put(item_id, png)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
+    @app.get("/gallery/{item_id}/footage", summary="The frame a crop was cut from, with its box, "
+             "and frames around it (JPEG)", response_class=Response)
+    async def item_footage(
+        item_id: ItemId,
+        context: int = fastapi.Query(2, ge=0, le=4, description="frames either side"),
+        step: int = fastapi.Query(5, ge=1, le=250, description="frames between two shown"),
+        width: int = fastapi.Query(480, ge=64, le=1280, description="pixels per frame at most"),
+    ) -> Response:
+        it = await run_in_threadpool(get_item, item_id)
+        jpeg = await run_in_threadpool(lambda: footage_view(
+            footage, it.source, it.frame, it.box, context=context, step=step, width=width,
+            max_pixels=limits.max_pixels))
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
     @app.delete("/gallery/{item_id}", summary="Remove an item (and its uploaded file)")
     async def delete(item_id: ItemId) -> dict[str, int]:
         it = await run_in_threadpool(get_item, item_id)
@@ -483,7 +570,7 @@ def create_app(embedder: Any, gallery: Gallery, limits: Limits | None = None, *,
             real.unlink(missing_ok=True)
         return {"deleted": item_id, "count": len(index)}
 
-    app.state.gallery, app.state.embedder = gallery, embedder
+    app.state.gallery, app.state.embedder, app.state.footage = gallery, embedder, footage
     app.state.batchers = {"embed": embed_batcher, "attention": attn_batcher}
     return app
 
