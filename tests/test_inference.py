@@ -1,4 +1,6 @@
-"""hareid.inference: the rewritten embedding graph (fp32 / bf16, eager / compiled) against model.eval()."""
+"""hareid.inference: the model's own wiring with its blocks fused (fp32 / bf16, eager / compiled)
+against model.eval(). The parity cases are generated from the model registry: an option without
+cases fails :func:`test_every_option_has_parity_cases`."""
 
 from __future__ import annotations
 
@@ -9,16 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hareid.attention import HarmAttn, sample_regions, translations_to_theta
-from hareid.inference import (
-    HarmAttnInfer,
-    InceptionAInfer,
-    InceptionBInfer,
-    fuse_for_inference,
-    optimize_for_inference,
-    sample_stripes,
+from hareid.attention import (
+    REGION_SAMPLING_MODES,
+    SOFT_MASKS,
+    FusedHarmAttn,
+    HarmAttn,
+    RegionSampler,
+    StripeSampler,
+    sample_regions,
+    translations_to_theta,
 )
-from hareid.models import build_model
+from hareid.blocks import BoxPoolAct, ConvAct, ConvBlock, PoolProject, fuse_blocks
+from hareid.inference import optimize_for_inference, sample_stripes
+from hareid.models import build_model, list_models, model_entry
+from hareid.models.core import EmbeddingHead, GlobalPool
 
 FP32_ATOL = 1e-4  # unit-norm branch embeddings, fp32 graph vs model.eval()
 BF16_ATOL = 3e-2  # bf16 keeps ~3 significant digits; same band as bf16 autocast on the original
@@ -63,22 +69,6 @@ def test_fp32_equals_eager_any_size(hacnn: nn.Module, size: tuple[int, int]) -> 
     torch.testing.assert_close(out, _ref(hacnn, x), atol=FP32_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("mask", ["sigmoid", "temperature", "spatial"])
-def test_fp32_equals_eager_every_soft_mask(mask: str) -> None:
-    """The inference graph follows the model's soft-mask variant (no ReLU floor for the full-range
-    masks, the learned temperature folded into the mix weights, the spatial head run as trained)."""
-    torch.manual_seed(0)
-    model = trained_like(build_model("hacnn", num_classes=11, soft_mask=mask))
-    if mask == "temperature":
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("log_temperature"):
-                    p.fill_(0.7)
-    x = torch.randn(2, 3, 160, 64)
-    out = optimize_for_inference(model, dtype=torch.float32)(x)
-    torch.testing.assert_close(out, _ref(model, x), atol=FP32_ATOL, rtol=0)
-
-
 def test_bf16_close_to_eager_and_to_autocast(hacnn: nn.Module) -> None:
     x = torch.randn(4, 3, 160, 64)
     ref = _ref(hacnn, x)
@@ -92,21 +82,77 @@ def test_bf16_close_to_eager_and_to_autocast(hacnn: nn.Module) -> None:
     assert float((out - ref).abs().max()) <= 1.5 * float((auto - ref).abs().max()) + 1e-3
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"soft_attn": False}, {"hard_attn": False}, {"cross_attn": False}, {"local_branch": False},
-     {"region_sampling": "torchreid"}, {"num_regions": 3, "feature_dim": 64}, {"channels_last": False}],
-)
-def test_every_model_option(options: dict) -> None:
-    model = trained_like(build_model("hacnn", num_classes=5, **options))
+#: Options that take one of a few names: every name is a parity case.
+CHOICES: dict[str, tuple] = {"soft_mask": SOFT_MASKS, "region_sampling": REGION_SAMPLING_MODES}
+#: Non-default values of the numeric / tuple options (booleans are flipped, choices enumerated).
+VALUES: dict[str, list] = {"num_regions": [3], "feature_dim": [64], "reduction": [8], "channels": [(64, 128, 192)]}
+
+
+def _option_cases(default: object, name: str) -> list:
+    """The non-default values of option ``name`` a parity test runs (empty: not covered)."""
+    if name in CHOICES:
+        return [v for v in CHOICES[name] if v != default]
+    if isinstance(default, bool):
+        return [not default]
+    return VALUES.get(name, [])
+
+
+def _cases(model: str) -> list[tuple[str, object]]:
+    entry = model_entry(model)
+    return [(k, v) for k, d in entry.options.items() for v in _option_cases(d, k)]
+
+
+def test_every_option_has_parity_cases() -> None:
+    """Each option of each registered model has parity cases; a new option must add some here."""
+    for name in list_models():
+        for option, default in model_entry(name).options.items():
+            assert _option_cases(default, option), f"{name}: option {option!r} has no parity case in tests/test_inference.py"
+
+
+@pytest.mark.parametrize(("option", "value"), _cases("hacnn"), ids=lambda v: str(v))
+def test_every_option_equals_eager(option: str, value: object) -> None:
+    """fp32 inference form == model.eval() for every non-default value of every hacnn option."""
+    torch.manual_seed(0)
+    model = trained_like(build_model("hacnn", num_classes=5, **{option: value}))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("log_temperature"):
+                p.fill_(0.7)  # a temperature that is not 1
     x = torch.randn(2, 3, 96, 48)
-    out = optimize_for_inference(model, dtype=torch.float32)(x)
+    net = optimize_for_inference(model, dtype=torch.float32)
+    out = net(x)
     assert out.shape == (2, model.embed_dim)
     torch.testing.assert_close(out, _ref(model, x), atol=FP32_ATOL, rtol=0)
 
 
-def test_resnet_backbone_generic_path() -> None:
-    model = trained_like(build_model("resnet18_harm", num_classes=5))
+@pytest.mark.parametrize("mask", SOFT_MASKS)
+def test_bf16_every_soft_mask(mask: str) -> None:
+    model = trained_like(build_model("hacnn", num_classes=5, soft_mask=mask))
+    x = torch.randn(2, 3, 160, 64)
+    out = optimize_for_inference(model, dtype=torch.bfloat16)(x)
+    assert float(F.cosine_similarity(out, _ref(model, x)).min()) >= BF16_COS
+
+
+def test_one_wiring(hacnn: nn.Module) -> None:
+    """The inference graph is the model's own class (its ``_run``), with every block swapped for its
+    fused form: no training block is left, and forward_attention still works."""
+    net = optimize_for_inference(hacnn, dtype=torch.float32)
+    graph = net.graph
+    assert type(graph) is type(hacnn)
+    training_forms = (ConvBlock, PoolProject, HarmAttn, EmbeddingHead, nn.BatchNorm2d, nn.BatchNorm1d)
+    assert not [n for n, m in graph.named_modules() if isinstance(m, training_forms)]
+    assert isinstance(graph.sampler, StripeSampler) and graph.pool.float32
+    x = torch.randn(2, 3, 160, 64)
+    with torch.no_grad():
+        ref, got = hacnn.forward_attention(x), graph.forward_attention(x.contiguous(memory_format=torch.channels_last))
+    for key in ("soft", "translations"):
+        for a, b in zip(ref[key], got[key], strict=True):
+            torch.testing.assert_close(b.float(), a.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "hacnn"])
+def test_other_backbones(name: str) -> None:
+    model = trained_like(build_model(name, num_classes=5))
     x = torch.randn(2, 3, 128, 64)
     torch.testing.assert_close(optimize_for_inference(model)(x), _ref(model, x), atol=FP32_ATOL, rtol=0)
     low = optimize_for_inference(model, dtype=torch.bfloat16)(x)
@@ -114,26 +160,66 @@ def test_resnet_backbone_generic_path() -> None:
 
 
 # ----------------------------------------------------------------------------- the rewritten blocks
-def test_blocks_equal_their_originals(hacnn: nn.Module) -> None:
-    """Each rewritten block on its own (fp32): both InceptionA pooling orders, InceptionB, HarmAttn."""
-    fused = fuse_for_inference(hacnn)
-    a1, b1 = fused.stages[0]  # InceptionA(32, 128): pool first (in_c == out_c // 4)
-    a2 = fused.stages[1][0]  # InceptionA(128, 256): project first (64 < 128)
-    cases = [(a1, InceptionAInfer, 32, (20, 12)), (a2, InceptionAInfer, 128, (10, 6)),
-             (b1, InceptionBInfer, 128, (21, 11))]
-    for block, form, c, hw in cases:
-        x = torch.randn(2, c, *hw).contiguous(memory_format=torch.channels_last)
-        new = form(block, torch.float32)
+def _cl(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+def test_blocks_equal_their_fused_forms(hacnn: nn.Module) -> None:
+    """Each block's fuse() form on its own (fp32): ConvBlock, both InceptionA pooling orders (via
+    PoolProject -> BoxPoolAct), InceptionB, the pool and the heads."""
+    model = copy.deepcopy(hacnn)
+    a1, b1 = model.stages[0]  # InceptionA(32, 128): pool first (in_c == out_c // 4)
+    a2 = model.stages[1][0]  # InceptionA(128, 256): project first (64 < 128)
+    cases = [(model.stem, 3, (21, 11)), (a1, 32, (20, 12)), (a2, 128, (10, 6)), (b1, 128, (21, 11))]
+    for block, c, hw in cases:
+        x = _cl(2, c, *hw)
         with torch.no_grad():
-            torch.testing.assert_close(new(x), block(x), atol=1e-5, rtol=1e-5)
-    attn = fused.attn[1]
-    assert isinstance(attn, HarmAttn)
-    y = torch.randn(2, 256, 20, 8).contiguous(memory_format=torch.channels_last)
+            ref = block(x)
+            fused = block.fuse(torch.float32) if isinstance(block, ConvBlock) else fuse_blocks(copy.deepcopy(block))
+            torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
+    assert isinstance(model.stem.fuse(), ConvAct) and isinstance(a1.streams[3].fuse(torch.float32), BoxPoolAct)
+    y = _cl(3, 384, 5, 3)
     with torch.no_grad():
-        mask, t = attn(y)
-        out, t2 = HarmAttnInfer(attn, torch.float32)(y.clone())
-    torch.testing.assert_close(out, y * mask, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(t2, t, atol=1e-6, rtol=0)
+        torch.testing.assert_close(GlobalPool().fuse()(y.bfloat16()), y.mean(dim=(2, 3)), atol=2e-2, rtol=0)
+        head = model.fc_global
+        assert isinstance(head, EmbeddingHead)
+        v = torch.randn(4, 384)
+        torch.testing.assert_close(head.fuse()(v), head(v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask", SOFT_MASKS)
+@pytest.mark.parametrize("hard", [True, False])
+def test_harm_attn_equals_its_fused_form(mask: str, hard: bool) -> None:
+    torch.manual_seed(0)
+    attn = trained_like(HarmAttn(64, num_regions=3, hard=hard, soft_mask=mask))
+    with torch.no_grad():
+        for n, p in attn.named_parameters():
+            if n.endswith("log_temperature"):
+                p.fill_(-0.4)
+    fused = attn.fuse(torch.float32)
+    assert isinstance(fused, FusedHarmAttn)
+    y = _cl(2, 64, 20, 8)
+    with torch.no_grad():
+        out, mask_ref, t = attn.attend(y)
+        out2, mask2, t2 = fused.attend(y.clone())
+    torch.testing.assert_close(out2, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mask2.expand_as(mask_ref) if mask == "spatial" else mask2, mask_ref, atol=1e-5, rtol=1e-5)
+    assert (t is None) == (t2 is None) == (not hard)
+    if hard:
+        torch.testing.assert_close(t2, t, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", REGION_SAMPLING_MODES)
+def test_sampler_equals_its_fused_form(mode: str) -> None:
+    x = _cl(2, 8, 21, 11)
+    t = torch.rand(2, 4, 2) * 1.6 - 0.8
+    ref = RegionSampler()(x, t, (7, 5), mode)
+    fused = RegionSampler().fuse()
+    assert isinstance(fused, StripeSampler)
+    torch.testing.assert_close(fused(x, t, (7, 5), mode), ref, atol=1e-5, rtol=1e-5)
+    low = fused(x.bfloat16(), t, (7, 5), mode)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize(("src_hw", "out_hw"), [((80, 32), (24, 28)), ((21, 11), (7, 5))])

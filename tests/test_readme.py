@@ -1,7 +1,9 @@
-"""Every command in README.md is run here, on tiny settings, so the README cannot go stale.
+"""Every command in README.md and the runnable ones of docs/ are run here, on tiny settings, so the
+documentation cannot go stale.
 
-Each ``hareid ...`` command of the README's ``bash`` blocks runs in-process, in README order, in a
-temporary working folder where ``data/market1501`` is the tiny synthetic set in Market-1501 layout
+Each ``hareid ...`` command of the README's ``bash`` blocks, then of the docs pages' blocks marked
+``<!-- runnable -->`` (on the line above the fence; pages in the order of mkdocs.yml's nav), runs
+in-process, in that order, in a temporary working folder where ``data/market1501`` is the tiny synthetic set in Market-1501 layout
 and ``~/.cache/hareid/synthetic-v1`` points at the tiny set too. :func:`shrink` appends the options
 that make each sub-command tiny; a command whose sub-command it does not know fails the test, so a
 new README command cannot go untested. The ``pip install`` lines are not run.
@@ -16,12 +18,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from _tiny import TRAIN_OVERRIDES, Tiny, get_tiny
 
 from hareid.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+RUNNABLE = "<!-- runnable -->"
 CACHE = "~/.cache/hareid/synthetic-v1"
 VENV_PREFIX = "python3 -m venv .venv && . .venv/bin/activate && "
 
@@ -32,13 +36,36 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 
 
 def blocks(lang: str) -> list[str]:
+    """The README's ``lang`` blocks."""
     return re.findall(rf"^```{lang}\n(.*?)^```", README, re.S | re.M)
 
 
+def _nav_pages(nav: list) -> list[str]:
+    out: list[str] = []
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        out += _nav_pages(value) if isinstance(value, list) else [value]
+    return out
+
+
+def doc_pages() -> list[Path]:
+    """The docs pages, in the order of mkdocs.yml's nav."""
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return [ROOT / "docs" / page for page in _nav_pages(nav)]
+
+
+def runnable_blocks(lang: str) -> list[str]:
+    """The README's ``lang`` blocks, then the docs pages' blocks marked runnable."""
+    out = blocks(lang)
+    for page in doc_pages():
+        out += re.findall(rf"^{RUNNABLE}\n```{lang}\n(.*?)^```", page.read_text(), re.S | re.M)
+    return out
+
+
 def readme_commands() -> list[list[str]]:
-    """Every ``hareid ...`` command (also inside ``a && b`` chains) of the bash blocks, in order, once."""
+    """Every ``hareid ...`` command (also inside ``a && b`` chains) of the runnable bash blocks, in order, once."""
     out: list[list[str]] = []
-    for block in blocks("bash"):
+    for block in runnable_blocks("bash"):
         for line in block.splitlines():
             tokens = shlex.split(line, comments=True)
             segment: list[str] = []
@@ -96,6 +123,19 @@ def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
                 f"to run `{command}` on tiny settings; teach it")
 
 
+def test_every_doc_page_is_in_the_nav() -> None:
+    """mkdocs.yml's nav lists every page under docs/ (and only pages that exist)."""
+    pages = doc_pages()
+    assert all(p.is_file() for p in pages), [str(p) for p in pages if not p.is_file()]
+    assert sorted(pages) == sorted((ROOT / "docs").glob("*.md"))
+
+
+def test_readme_is_short_and_speaks_to_users() -> None:
+    assert len(README.splitlines()) <= 300
+    for text in [README, *(p.read_text() for p in doc_pages())]:
+        assert not re.search(r"(?i)\bissue \d+|\bthe seed's\b|\bthis round\b|\bticket\b", text)
+
+
 def test_readme_has_commands_for_every_section() -> None:
     commands = readme_commands()
     assert ["demo"] in commands
@@ -149,9 +189,9 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 def test_readme_python_examples_run(tiny: Tiny, capsys) -> None:
     path = "runs/demo/checkpoints/best.pt"
-    codes = blocks("python")
+    codes = runnable_blocks("python")
     assert len(codes) >= 2 and all(path in code for code in codes)
     for code in codes:
-        exec(compile(code.replace(path, str(tiny.checkpoint)), "README.md", "exec"), {})
+        exec(compile(code.replace(path, str(tiny.checkpoint)), "README.md or docs/", "exec"), {})
     out = capsys.readouterr().out
     assert "bounding_box_test" in out and "Embedder(backend=torch" in out

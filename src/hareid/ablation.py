@@ -15,7 +15,12 @@ full_sigmoid        full, with the full-range mask                            so
 full_temperature    full, full-range mask with a learned temperature          soft_mask=temperature
 soft_spatial        soft, with a spatial-only full-range mask                 soft_mask=spatial
 full_spatial        full, with a spatial-only full-range mask                 soft_mask=spatial
+soft_guided         soft, taught by the person masks (attention loss)         loss.attn_weight=1
+full_guided         full, taught by the person masks (attention loss)         loss.attn_weight=1
 ==================  ========================================================  =========================
+
+The ``*_guided`` variants add :class:`hareid.losses.AttentionMaskLoss` (mask-guided attention): the
+synthetic sets carry the person mask of every image.
 
 :func:`run_ablation` trains every (variant, seed) pair with :class:`hareid.engine.Trainer` on an
 existing synthetic tree (it writes no data: ``hareid synthetic ROOT`` does), evaluates after every
@@ -54,6 +59,8 @@ VARIANTS: dict[str, list[str]] = {
     "full_temperature": [*_FULL, "model.soft_mask=temperature"],
     "soft_spatial": [*_SOFT, "model.soft_mask=spatial"],
     "full_spatial": [*_FULL, "model.soft_mask=spatial"],
+    "soft_guided": [*_SOFT, "loss.attn_weight=1"],
+    "full_guided": [*_FULL, "loss.attn_weight=1"],
 }
 #: What ``hareid ablate`` trains without ``--variants``: the paper's five.
 DEFAULT_VARIANTS = ("none", "soft", "hard", "full", "no_cross")

@@ -159,9 +159,10 @@ def format_scores(scores: dict[str, dict[str, Any]]) -> str:
 
 def score_run(run_dir: Path, num_images: int = 200, seed: int = 0) -> str:
     """Score a run's best checkpoint and the same model untrained; write ``attention_score.json``."""
-    from hareid.api import load_images, load_model
+    from hareid.data.loader import load_images
     from hareid.data.synthetic import load_annotations
     from hareid.models import build_model
+    from hareid.models.loading import load_model
 
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "best.pt"

@@ -7,6 +7,13 @@
 * :func:`channels_last_grad`, :func:`grad_layout` - identity whose backward hands on the gradient in
   channels_last (or a given) layout.
 
+Inference forms live beside the blocks (as timm keeps a block's deploy form beside it): a block with a
+``fuse(dtype)`` method returns its inference form, and :func:`fuse_blocks` walks a model once,
+swapping every such block for its form (:class:`ConvBlock` -> :class:`ConvAct`, InceptionA's pooling
+stream -> :class:`BoxPoolAct`; the attention modules and heads of :mod:`hareid.attention` and
+:mod:`hareid.models.core` do the same). The model's own wiring then runs the fused modules: there is
+no second copy of the network.
+
 Every stride-2 layer uses ``kernel 3, padding 1``, so a side ``n`` becomes ``ceil(n / 2)``; all
 streams of an :class:`InceptionB` therefore agree on their output size for odd ``n`` too.
 """
@@ -19,7 +26,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AvgPool3x3", "ConvBlock", "InceptionA", "InceptionB", "channels_last_grad", "conv_chain", "grad_layout"]
+__all__ = [
+    "AvgPool3x3",
+    "BoxPoolAct",
+    "ConvAct",
+    "ConvBlock",
+    "InceptionA",
+    "InceptionB",
+    "PoolProject",
+    "Streams",
+    "channels_last_grad",
+    "conv_chain",
+    "fuse_blocks",
+    "grad_layout",
+]
+
+_CL = torch.channels_last
 
 
 class _GradLayout(torch.autograd.Function):
@@ -73,10 +95,10 @@ class ConvBlock(nn.Module):
     Sub-modules are named ``conv`` and ``bn`` so BN folding for export can find the pairs.
 
     In eval mode BatchNorm is a fixed per-channel affine map, so the forward folds it into the
-    convolution's weight and bias (``O(weights)`` work per call) instead of making a pass over the
-    output: same result up to float rounding, one memory pass less per block (~10% of a bf16
-    eval forward of HA-CNN on CPU). Train mode, and a ``bn`` already replaced by export's folding
-    (an ``nn.Identity``), run conv -> bn -> ReLU as written.
+    convolution's weight and bias (:meth:`folded`, ``O(weights)`` work per call) instead of making a
+    pass over the output: same result up to float rounding, one memory pass less per block (~10% of a
+    bf16 eval forward of HA-CNN on CPU). Train mode, and a ``bn`` already replaced by export's folding
+    (an ``nn.Identity``), run conv -> bn -> ReLU as written. :meth:`fuse` gives the inference form.
     """
 
     def __init__(self, in_c: int, out_c: int, k: int = 1, s: int = 1, p: int = 0, act: bool = True) -> None:
@@ -85,18 +107,39 @@ class ConvBlock(nn.Module):
         self.bn = nn.BatchNorm2d(out_c)
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _bn_folds(self) -> bool:
+        """Whether ``bn`` is an eval-mode BatchNorm2d with statistics (foldable into the conv)."""
+        bn = self.bn
+        return not self.training and isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None and bn.affine
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight (out_c, in_c, k, k), bias (out_c,))`` of the conv with the eval BatchNorm folded in
+        (or as they stand when ``bn`` was already folded away into an ``nn.Identity``)."""
         conv, bn = self.conv, self.bn
-        if self.training or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
-            y = bn(conv(x))
+        bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+        if isinstance(bn, nn.Identity):
+            return conv.weight, bias
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
+            raise ValueError("ConvBlock.folded needs an affine BatchNorm2d with running statistics")
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
+        return conv.weight * scale.view(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._bn_folds():
+            weight, bias = self.folded()
+            y = self.conv._conv_forward(x, weight, bias)
         else:
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (out_c,)
-            weight = conv.weight * scale.view(-1, 1, 1, 1)  # (out_c, in_c, k, k)
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
-            y = conv._conv_forward(x, weight, bias)
+            y = self.bn(self.conv(x))
         return F.relu(y, inplace=True) if self.act else y
+
+    def fuse(self, dtype: torch.dtype = torch.float32) -> ConvAct:
+        """Inference form: one :class:`ConvAct` (BatchNorm folded, ReLU as the conv's post-op) in ``dtype``."""
+        conv = self.conv
+        if conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"ConvBlock.fuse: unsupported convolution {conv}")
+        with torch.no_grad():
+            weight, bias = self.folded()
+        return ConvAct(weight, bias, conv.stride, conv.padding, conv.groups, relu=self.act, dtype=dtype)
 
     def forward_outer(self, s: torch.Tensor, c: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
         """This 1x1 block applied to the rank-1 map ``s * c`` without building it.
@@ -114,7 +157,7 @@ class ConvBlock(nn.Module):
         b, _, h, w = s.shape
         v = F.linear(c, conv.weight.flatten(1))  # (B, out_c)
         bias = conv.bias if conv.bias is not None else v.new_zeros(v.shape[1])
-        fold = not self.training and isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None and bn.affine
+        fold = self._bn_folds()
         if fold:  # eval: the BN affine map folds into v and the bias, as in forward()
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
             v = v * scale
@@ -160,31 +203,45 @@ def conv_chain(in_c: int, layers: Sequence[tuple[int, int, int]]) -> nn.Sequenti
     return nn.Sequential(*blocks)
 
 
-class _Streams(nn.Module):
+class Streams(nn.Module):
     """Parallel streams on one input, concatenated along channels: ``(B, C, H, W) -> (B, sum c_i, H', W')``."""
 
-    streams: nn.ModuleList
+    def __init__(self, streams: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.streams = nn.ModuleList(streams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([stream(x) for stream in self.streams], dim=1)
 
 
-class InceptionA(_Streams):
-    """Inception-A (stride 1): ``(B, in_c, H, W) -> (B, out_c, H, W)``.
+class PoolProject(nn.Sequential):
+    """InceptionA's fourth stream: ``AvgPool3x3 -> ConvBlock 1x1``, ``(B, in_c, H, W) -> (B, out_c, H, W)``.
 
-    Streams (``m = out_c // 4`` channels each): ``1x1 -> 3x3`` three times, and
-    ``3x3 avg-pool -> 1x1``.
+    A ``nn.Sequential`` (children ``0``, ``1``), so state_dict keys are those of the plain stream;
+    :meth:`fuse` gives :class:`BoxPoolAct`.
     """
 
     def __init__(self, in_c: int, out_c: int) -> None:
-        super().__init__()
+        super().__init__(AvgPool3x3(in_c), ConvBlock(in_c, out_c, 1))
+
+    def fuse(self, dtype: torch.dtype = torch.float32) -> BoxPoolAct:
+        return BoxPoolAct(self[1], dtype)
+
+
+class InceptionA(Streams):
+    """Inception-A (stride 1): ``(B, in_c, H, W) -> (B, out_c, H, W)``.
+
+    Streams (``m = out_c // 4`` channels each): ``1x1 -> 3x3`` three times, and
+    ``3x3 avg-pool -> 1x1`` (:class:`PoolProject`).
+    """
+
+    def __init__(self, in_c: int, out_c: int) -> None:
         m = out_c // 4
         streams: list[nn.Module] = [conv_chain(in_c, [(m, 1, 1), (m, 3, 1)]) for _ in range(3)]
-        streams.append(nn.Sequential(AvgPool3x3(in_c), ConvBlock(in_c, m, 1)))
-        self.streams = nn.ModuleList(streams)
+        super().__init__([*streams, PoolProject(in_c, m)])
 
 
-class InceptionB(_Streams):
+class InceptionB(Streams):
     """Inception-B (stride 2): ``(B, in_c, H, W) -> (B, out_c, ceil(H/2), ceil(W/2))``.
 
     Streams (``m = out_c // 4``): ``1x1 -> 3x3/2`` (m), ``1x1 -> 3x3 -> 3x3/2`` (m), and
@@ -192,9 +249,111 @@ class InceptionB(_Streams):
     """
 
     def __init__(self, in_c: int, out_c: int) -> None:
-        super().__init__()
         m = out_c // 4
         conv_specs = ([(m, 1, 1), (m, 3, 2)], [(m, 1, 1), (m, 3, 1), (m, 3, 2)])
         streams: list[nn.Module] = [conv_chain(in_c, spec) for spec in conv_specs]
         streams.append(nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), ConvBlock(in_c, 2 * m, 1)))
-        self.streams = nn.ModuleList(streams)
+        super().__init__(streams)
+
+
+# --------------------------------------------------------------------------------------- inference forms
+def _use_onednn(x: torch.Tensor) -> bool:
+    """Whether the oneDNN fused-post-op convolution applies: eager, CPU, fp32/bf16, oneDNN built in."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # first: keeps dynamo from breaking the graph
+        return False
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+
+
+class ConvAct(nn.Module):
+    """Inference form of :class:`ConvBlock`: ``Conv2d`` (BatchNorm folded) and an optional ReLU,
+    ``(B, Cin, H, W) -> (B, Cout, H', W')``.
+
+    Weight and bias are buffers stored in the run dtype, channels_last. On CPU (eager) the ReLU is a
+    post-op of the oneDNN convolution (``torch.ops.mkldnn._convolution_pointwise``, the kernel
+    Inductor emits for the same fusion), so the output is written once; elsewhere (CUDA, under
+    ``torch.compile``, where Inductor fuses it itself, under tracing) it is ``conv2d`` then an
+    in-place ReLU.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        groups: int = 1,
+        relu: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().to(dtype).contiguous(memory_format=_CL))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).contiguous())
+        self.stride = list(nn.modules.utils._pair(stride))
+        self.padding = list(nn.modules.utils._pair(padding))
+        self.groups = groups
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_onednn(x):
+            attr = "relu" if self.relu else "none"
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, self.padding, self.stride, [1, 1], self.groups, attr, [], ""
+            )
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        return F.relu(y, inplace=True) if self.relu else y
+
+    def extra_repr(self) -> str:
+        o, i, kh, kw = self.weight.shape
+        return (f"{i * self.groups}, {o}, kernel=({kh}, {kw}), stride={tuple(self.stride)}, "
+                f"padding={tuple(self.padding)}, groups={self.groups}, relu={self.relu}, dtype={self.weight.dtype}")
+
+
+class BoxPoolAct(nn.Module):
+    """Inference form of :class:`PoolProject`, ``ReLU(W AvgPool3x3(x) + b)``, pooling the narrower side.
+
+    The zero-padded 3x3 average pool is linear and channel-wise, so it commutes with the 1x1
+    projection: ``W box(x) / 9 == box(W x / 9)``. With ``out_c < in_c`` the 1x1 runs first (no
+    bias, no ReLU) and the pool (a depthwise convolution with a ones kernel, exact in bf16) carries
+    the bias and the ReLU; else the pool runs first and the 1x1 carries them. The 1/9 lives in the
+    1x1 weights either way. ``(B, in_c, H, W) -> (B, out_c, H, W)``.
+    """
+
+    def __init__(self, proj: ConvBlock, dtype: torch.dtype) -> None:
+        super().__init__()
+        with torch.no_grad():
+            weight, bias = proj.folded()  # (out_c, in_c, 1, 1), (out_c,)
+        out_c, in_c = weight.shape[:2]
+        self.project_first = out_c < in_c
+        pool_c = out_c if self.project_first else in_c
+        ones = torch.ones(pool_c, 1, 3, 3, device=weight.device)
+        if self.project_first:
+            self.first = ConvAct(weight / 9, None, relu=False, dtype=dtype)
+            self.second = ConvAct(ones, bias, 1, 1, groups=pool_c, relu=True, dtype=dtype)
+        else:
+            self.first = ConvAct(ones, None, 1, 1, groups=pool_c, relu=False, dtype=dtype)
+            self.second = ConvAct(weight / 9, bias, relu=True, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def fuse_blocks(module: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Swap, in place, every sub-module of ``module`` that has a ``fuse(dtype)`` method for its
+    inference form (not descending into it), and cast the tensors of every other sub-module to
+    ``dtype``; returns ``module``. One walk, top-down; ``module``'s own tensors are left as they are.
+
+    Use it on an eval-mode copy (see :func:`hareid.inference.optimize_for_inference`).
+    """
+    for name, child in module.named_children():
+        fuse = getattr(child, "fuse", None)
+        if callable(fuse):
+            module._modules[name] = fuse(dtype)
+            continue
+        fuse_blocks(child, dtype)
+        for key, p in child._parameters.items():
+            if p is not None and p.is_floating_point():
+                child._parameters[key] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        for key, buf in child._buffers.items():
+            if buf is not None and buf.is_floating_point():
+                child._buffers[key] = buf.to(dtype)
+    return module

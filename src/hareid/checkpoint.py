@@ -40,7 +40,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
     ``.safetensors``: the tensors of ``state["state_dict"]`` (or of ``state`` itself when it is a
     bare state_dict) with the other JSON-able entries (``model``, ``config``, ``epoch``, ...) in the
-    file's metadata, so :func:`load_checkpoint` (and ``hareid.api.load_model``) can rebuild the model.
+    file's metadata, so :func:`load_checkpoint` (and ``hareid.models.load_model``) can rebuild the model.
     A write that fails (a full disk, a file-size limit) raises :class:`CheckpointError` naming the
     file; the previous checkpoint at ``path`` is left as it was.
     """

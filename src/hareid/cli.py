@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     market1501_official = the Market-1501 MATLAB devkit, cuhk03 = single-gallery-shot). The
     dataset layout is detected from ROOT unless --dataset is given.
     """
-    from hareid.api import evaluate_checkpoint
+    from hareid.evaluate.checkpoint import evaluate_checkpoint
     from hareid.fileio import atomic_write_text
 
     result = evaluate_checkpoint(
@@ -141,7 +141,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     With --compare CKPT ...: the soft attention of all the checkpoints side by side on one fixed
     colour scale (mask value 0 blue ... 1 red), each titled by its run folder.
     """
-    from hareid.api import load_images, load_model
+    from hareid.data.loader import load_images
+    from hareid.models.loading import load_model
     from hareid.visualize import plot_attention, plot_attention_compare
 
     model, info = load_model(args.checkpoint)
@@ -162,8 +163,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     The exported file is run on a random batch and compared with the eager PyTorch model; the
     maximum absolute difference of the embeddings is printed (the export fails above 1e-4).
     """
-    from hareid.api import load_model
     from hareid.export import export_metadata, export_model
+    from hareid.models.loading import load_model
 
     model, info = load_model(args.checkpoint)
     h = args.height if args.height is not None else info["height"]
@@ -213,8 +214,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     Filters run inside the index's database: --camera (repeatable), --time-min/--time-max
     (seconds, inclusive), --source.
     """
-    from hareid.api import search_images
     from hareid.index import Filter
+    from hareid.index.gallery import search_images
 
     flt = Filter(cameras=args.camera, time_min=args.time_min, time_max=args.time_max,
                  sources=args.source)
@@ -549,8 +550,11 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
 }
 
 
+_AddCommand = Callable[..., argparse.ArgumentParser]  # add(name, extra_epilog=None) -> the sub-parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``hareid`` argument parser (one sub-parser per command)."""
+    """The ``hareid`` argument parser: one sub-parser per command, added by group."""
     p = argparse.ArgumentParser(
         prog="hareid",
         description="Harmonious attention (HA-CNN) for person re-identification.\n\n"
@@ -565,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, extra_epilog: str | None = None) -> argparse.ArgumentParser:
+        """The sub-parser of command ``name``: help and examples from ``_HELP``."""
         fn, examples = _HELP[name]
         doc = (fn.__doc__ or "").strip()
         epilog = _examples(*examples) + (f"\n\n{extra_epilog}" if extra_epilog else "")
@@ -573,6 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
+    _add_training_commands(add)
+    _add_gallery_commands(add)
+    _add_data_commands(add)
+    _add_footage_commands(add)
+    return p
+
+
+def _add_training_commands(add: _AddCommand) -> None:
+    """Demo, train, eval, report, visualize, export: a model's life."""
     sp = add("demo", _OVERRIDES)
     sp.add_argument("--output", default="runs/demo", help="run folder")
     sp.add_argument("--data-root", default=None,
@@ -636,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=_positive, default=None, help="input width (default: the training size)")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
 
+
+def _add_gallery_commands(add: _AddCommand) -> None:
+    """Index, search, serve: a gallery and its search."""
     sp = add("index")
     sp.add_argument("checkpoint", help="a hareid checkpoint (.pt)")
     sp.add_argument("root", help="dataset root (its --split is indexed) or a folder of images")
@@ -690,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="video file or folder whose footage the page may show (repeatable); "
                          "an item's source must lie under one")
 
+
+def _add_data_commands(add: _AddCommand) -> None:
+    """Datasets, synthetic, attention-score, ablate: data and analyses."""
     sp = add("datasets")
     sp.add_argument("root", help="dataset folder (or a CSV manifest)")
     sp.add_argument("--dataset", default=None, help="force a layout instead of auto-detecting")
@@ -727,6 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate every N epochs for the learning curves (0: only at the end)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
+
+def _add_footage_commands(add: _AddCommand) -> None:
+    """Tracklets, adapt: your own footage."""
     sp = add("tracklets")
     sp.add_argument("footage", nargs="+", help="video files, frame folders or MOT sequence folders")
     sp.add_argument("--out", required=True, help="tracklets folder to write (a new dataset folder)")
@@ -743,7 +766,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=argparse.SUPPRESS)
     sp.set_defaults(trailing_overrides=True)
     _add_footage_options(sp)
-    return p
 
 
 def _dedent(doc: str) -> str:

@@ -76,12 +76,16 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights: label-smoothed cross-entropy per branch, optional batch-hard triplet."""
+    """Loss weights: label-smoothed cross-entropy per branch, optional batch-hard triplet, optional
+    attention loss that teaches the soft masks where the person is (needs person masks: the
+    synthetic sets, tracklets; see :class:`hareid.losses.AttentionMaskLoss`)."""
 
     ce_weight: float = 1.0
     label_smooth: float = 0.1
     triplet_weight: float = 0.0
     margin: float = 0.3
+    attn_weight: float = 0.0  # 0 = off; on a dataset without masks the term is left out (said once)
+    attn_form: Literal["kl", "mass"] = "kl"  # KL(person || attention) or -log(attention mass on the person)
 
 
 @dataclass
@@ -435,9 +439,10 @@ def _check(cfg: Config) -> None:
     nonneg = {"data.workers": d.workers,
               "optim.warmup_epochs": o.warmup_epochs, "train.grad_clip": t.grad_clip,
               "optim.weight_decay": o.weight_decay, "loss.ce_weight": lo.ce_weight,
-              "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin}
+              "loss.triplet_weight": lo.triplet_weight, "loss.margin": lo.margin,
+              "loss.attn_weight": lo.attn_weight}
     for key, v in nonneg.items():
-        if v < 0:
+        if not v >= 0:  # NaN fails too
             raise ConfigError(f"{key}: must be >= 0, got {v}")
     for key, v in {"data.flip": d.flip, "data.erasing": d.erasing}.items():
         if not 0.0 <= v <= 1.0:

@@ -58,7 +58,7 @@ class Embedder:
         flip: average each image's embedding with its mirror's (test-time augmentation).
         input_size: ``(H, W)``; default: the model's training size (checkpoint config, registry
             entry, or the exported file's fixed size).
-        info: for a module: the ``info`` dict of :func:`hareid.api.load_model` (input size, config).
+        info: for a module: the ``info`` dict of :func:`hareid.models.load_model` (input size, config).
     """
 
     def __init__(
@@ -75,7 +75,6 @@ class Embedder:
         if batch_size < 1:
             raise HareidError(f"Embedder: batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.flip = int(batch_size), flip
-        self._bgr = False
         self.info: dict[str, Any] = dict(info or {})
         if isinstance(model, nn.Module):
             self.backend = "torch"
@@ -89,7 +88,7 @@ class Embedder:
                 self.backend = "torchscript"
                 self._init_torchscript(path)
             else:
-                from hareid.api import load_model
+                from hareid.models.loading import load_model
 
                 module, self.info = load_model(path)
                 self.backend = "torch"
@@ -180,8 +179,9 @@ class Embedder:
         self.dim = int(meta.get("embed_dim", 0))
 
     # ---------------------------------------------------------------------------- preprocessing
-    def _to_tensor(self, item: Any, i: int) -> torch.Tensor:
-        """One image -> ``(3, H, W)`` float normalised tensor at the model's input size."""
+    def _to_tensor(self, item: Any, i: int, bgr: bool = False) -> torch.Tensor:
+        """One image -> ``(3, H, W)`` float normalised tensor at the model's input size (``bgr``: an
+        array's channels are B, G, R)."""
         from PIL import Image
 
         from hareid.data.loader import read_image
@@ -193,11 +193,12 @@ class Embedder:
         if isinstance(item, Image.Image):
             return self._transform(item.convert("RGB"))
         if isinstance(item, np.ndarray):
-            return self._transform(self._array_to_chw(item, i))
+            return self._transform(self._array_to_chw(item, i, bgr))
         raise DataError(f"image {i}: expected a numpy array, PIL image or file path, got {type(item).__name__}")
 
-    def _array_to_chw(self, a: np.ndarray, i: int, bgr: bool | None = None) -> torch.Tensor:
-        bgr = self._bgr if bgr is None else bgr
+    @staticmethod
+    def _array_to_chw(a: np.ndarray, i: int, bgr: bool = False) -> torch.Tensor:
+        """An ``H x W (x 1|3|4)`` uint8 / [0, 1] float array -> ``(3, H, W)`` RGB image tensor."""
         if a.ndim == 2:
             a = a[:, :, None]
         if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
@@ -225,11 +226,11 @@ class Embedder:
         return tv_tensors.Image(t)
 
     def preprocess(self, images: Sequence[Any], bgr: bool = False) -> torch.Tensor:
-        """Images -> ``(N, 3, H, W)`` normalised batch (the evaluation transform)."""
-        self._bgr = bgr
+        """Images -> ``(N, 3, H, W)`` normalised batch (the evaluation transform). Keeps no state:
+        safe to call from several threads at once (the server does)."""
         if not len(images):
             raise DataError("no images given")
-        return torch.stack([self._to_tensor(x, i) for i, x in enumerate(images)])
+        return torch.stack([self._to_tensor(x, i, bgr) for i, x in enumerate(images)])
 
     # -------------------------------------------------------------------------------- embedding
     def embed_tensor(self, batch: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -283,3 +284,27 @@ class Embedder:
     def __repr__(self) -> str:
         return (f"Embedder(backend={self.backend}, input_size={self.input_size}, dim={self.dim}, "
                 f"device={self.device}, dtype={self.dtype}, flip={self.flip})")
+
+
+def embed(
+    model: nn.Module,
+    images: torch.Tensor | Sequence[str | os.PathLike],
+    info: dict | None = None,
+    batch_size: int = 64,
+    flip: bool = False,
+) -> torch.Tensor:
+    """The evaluation's embeddings ``(N, D)`` float32 on the CPU (global and local parts each of unit
+    length), through the same forward as :class:`hareid.Embedder` and ``hareid eval``.
+
+    ``images``: a normalised batch tensor ``(N, 3, H, W)`` (as :func:`hareid.data.loader.load_images` returns) or a
+    list of image files, resized to the model's input size (``info`` of :func:`hareid.models.load_model`).
+    ``flip``: average with the horizontally mirrored image (flip test-time augmentation).
+    """
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, torch.Tensor) and (images.dim() != 4 or images.shape[1] != 3):
+        raise DataError(f"expected an image batch (N, 3, H, W), got shape {tuple(images.shape)}")
+    emb = Embedder(model, info=info, batch_size=batch_size, flip=flip,
+                   input_size=None if info else tuple(images.shape[2:]) if isinstance(images, torch.Tensor) else None)
+    batch = images if isinstance(images, torch.Tensor) else emb.preprocess(list(images))
+    return emb.embed_tensor(batch, normalize=False)

@@ -1,4 +1,5 @@
-"""ReID losses: label-smoothed cross-entropy, batch-hard triplet, and their per-branch combination.
+"""ReID losses: label-smoothed cross-entropy, batch-hard triplet, the attention (person-mask) loss,
+and their per-branch combination.
 
 Cross-entropy uses ``torch.nn.functional.cross_entropy(label_smoothing=eps)``: its target is
 ``(1 - eps) * one_hot + eps / K``, the label-smoothing regulariser of Szegedy et al. that ReID
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CrossEntropyLabelSmooth", "ReIDLoss", "TripletLoss", "pairwise_euclidean"]
+__all__ = ["ATTN_FORMS", "AttentionMaskLoss", "CrossEntropyLabelSmooth", "ReIDLoss", "TripletLoss",
+           "attention_distribution", "pairwise_euclidean"]
 
 
 class CrossEntropyLabelSmooth(nn.Module):
@@ -62,12 +64,74 @@ class TripletLoss(nn.Module):
         return F.relu(d_ap[valid] - d_an[valid] + self.margin).mean()
 
 
-class ReIDLoss(nn.Module):
-    """``ce_weight * mean_b CE(logits_b) + triplet_weight * mean_b Triplet(features_b)``.
+#: Forms of :class:`AttentionMaskLoss`.
+ATTN_FORMS = ("kl", "mass")
 
-    ``outputs`` is the model's training output ``{"logits": [per branch], "features": [per branch]}``
-    (a bare logits tensor or list is accepted too). Branch losses are averaged, so the weights do
-    not depend on the number of branches. Returns ``(total, parts)`` with detached parts for logging.
+
+def attention_distribution(soft: Tensor, tau: float = 1e-3) -> Tensor:
+    """Where a soft mask puts its weight: ``(B, C | 1, h, w) -> (B, h*w)`` rows summing to 1.
+
+    The channel-mean map minus its per-image minimum (the mass above the mask's floor, whatever the
+    soft-mask variant; a constant map has none), plus ``tau`` everywhere so a flat map is a uniform
+    distribution with finite gradients (``tau`` is ~1 % of a typical contrast). The attention
+    benchmark (``hareid attention-score``) scores this same contrast map.
+    """
+    m = soft.float().mean(1).flatten(1)  # (B, h*w)
+    d = m - m.amin(1, keepdim=True) + tau  # (B, h*w) > 0
+    return d / d.sum(1, keepdim=True)
+
+
+class AttentionMaskLoss(nn.Module):
+    """Teaches soft attention where the person is, one term per stage, averaged over stages.
+
+    ``p`` = :func:`attention_distribution` of the stage's soft mask; ``q`` = the person mask
+    averaged over each cell of the stage's grid (the share of the cell that is person), so the
+    target is pixel-exact at any resolution.
+
+    * ``form="kl"``: ``KL(q / sum q || p)``. Its minimum spreads the attention over the whole visible
+      person and leaves none on the background (contrast lift ``1 / person share``). It is
+      scale-free in the map: only *where* the mask's weight goes counts, not how strong the mask
+      is, so it does not fight the re-ID loss over the mask's range; the channel vector stays free.
+    * ``form="mass"``: ``-log(sum p * q)``, the log of the share of attention on the person; any
+      distribution inside the person is optimal (the map may focus on parts).
+
+    ``person``: ``(B, 1, H, W)`` in ``[0, 1]`` at the input's size. Images whose mask is empty (the
+    person erased or cropped away) do not count; with none left the loss is 0 (graph kept).
+    """
+
+    def __init__(self, form: str = "kl") -> None:
+        super().__init__()
+        if form not in ATTN_FORMS:
+            raise ValueError(f"attention loss form must be one of {ATTN_FORMS}, got {form!r}")
+        self.form = form
+
+    def forward(self, soft: Sequence[Tensor], person: Tensor) -> Tensor:
+        terms = []
+        for a in soft:  # (B, C | 1, h, w) per stage
+            p = attention_distribution(a)  # (B, h*w)
+            q = F.adaptive_avg_pool2d(person.float(), a.shape[-2:]).flatten(1)  # (B, h*w) in [0, 1]
+            mass = q.sum(1)  # (B,)
+            valid = mass > 0
+            if self.form == "kl":
+                qn = q / mass.clamp_min(1e-12)[:, None]
+                per_image = (torch.xlogy(qn, qn) - qn * p.log()).sum(1)  # KL(qn || p)
+            else:
+                per_image = -(p * q).sum(1).clamp_min(1e-12).log()
+            terms.append(per_image[valid].mean() if bool(valid.any()) else p.sum() * 0.0)
+        if not terms:
+            raise ValueError("the attention loss needs soft masks, but the model returned none "
+                             "(soft attention off: model.soft_attn=false)")
+        return torch.stack(terms).mean()
+
+
+class ReIDLoss(nn.Module):
+    """``ce_weight * mean_b CE(logits_b) + triplet_weight * mean_b Triplet(features_b)
+    + attn_weight * AttentionMaskLoss(soft masks, person masks)``.
+
+    ``outputs`` is the model's training output ``{"logits": [per branch], "features": [per branch],
+    "soft": [per stage]}`` (a bare logits tensor or list is accepted too). Branch losses are
+    averaged, so the weights do not depend on the number of branches. The attention term is added
+    when ``person`` masks are given. Returns ``(total, parts)`` with detached parts for logging.
     """
 
     def __init__(
@@ -76,17 +140,26 @@ class ReIDLoss(nn.Module):
         label_smooth: float = 0.1,
         triplet_weight: float = 0.0,
         margin: float = 0.3,
+        attn_weight: float = 0.0,
+        attn_form: str = "kl",
     ) -> None:
         super().__init__()
         self.ce_weight = ce_weight
         self.triplet_weight = triplet_weight
+        self.attn_weight = attn_weight
         self.ce = CrossEntropyLabelSmooth(epsilon=label_smooth)
         self.triplet = TripletLoss(margin=margin)
+        self.attn = AttentionMaskLoss(attn_form)
 
     @property
     def needs_features(self) -> bool:
         """Whether the model must be built with ``return_features=True``."""
         return self.triplet_weight > 0
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether the model must return its soft masks in training (``model.return_attention``)."""
+        return self.attn_weight > 0
 
     @staticmethod
     def _as_list(x: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
@@ -95,7 +168,8 @@ class ReIDLoss(nn.Module):
         return [x] if isinstance(x, Tensor) else list(x)
 
     def forward(
-        self, outputs: Mapping[str, Sequence[Tensor]] | Tensor | Sequence[Tensor], targets: Tensor
+        self, outputs: Mapping[str, Sequence[Tensor]] | Tensor | Sequence[Tensor], targets: Tensor,
+        person: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if isinstance(outputs, Mapping):
             logits = self._as_list(outputs.get("logits"))
@@ -120,4 +194,9 @@ class ReIDLoss(nn.Module):
             total = self.triplet_weight * tri if total is None else total + self.triplet_weight * tri
         if total is None:
             raise ValueError("all loss weights are 0")
+        if self.attn_weight > 0 and person is not None:
+            soft = self._as_list(outputs.get("soft")) if isinstance(outputs, Mapping) else []
+            attn = self.attn(soft, person)
+            parts["attn"] = attn.detach()
+            total = total + self.attn_weight * attn
         return total, parts

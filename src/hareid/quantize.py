@@ -217,7 +217,7 @@ def quantize_int8(
     if any(b.shape[2:] != (h, w) for b in batches):
         raise HareidError(f"quantize_int8: calibration images must all be {h}x{w} (HxW), as the model is quantised")
     inference = optimize_for_inference(model, dtype=torch.float32).cpu()  # a copy; model stays put
-    inference.graph.spec.check_input(torch.empty(1, 3, h, w))
+    inference.graph.check_input(torch.empty(1, 3, h, w))
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -410,7 +410,7 @@ def write_report(
     ckpt = run / "checkpoints" / "best.pt"
     if model is None and (num_attention_images > 0 or want_ranking):
         if ckpt.is_file():
-            from hareid.api import load_model
+            from hareid.models.loading import load_model
 
             loaded = load("attention gallery and ranked lists (model)", lambda: load_model(ckpt))
             if loaded is not None:

@@ -11,11 +11,6 @@ Typical use::
 """
 
 from hareid.data.datasets import (
-    DATASETS,
-    build_dataset,
-    check_images,
-    detect_dataset,
-    list_datasets,
     parse_csv,
     parse_dukemtmcreid,
     parse_folder,
@@ -24,6 +19,15 @@ from hareid.data.datasets import (
 )
 from hareid.data.loader import DEFAULT_DECODER, ImageDataset, build_loaders, read_image
 from hareid.data.records import ImageRecord, ReIDDataset, relabel
+from hareid.data.registry import (
+    DATASETS,
+    build_dataset,
+    check_images,
+    detect_dataset,
+    list_datasets,
+    list_images,
+    open_dataset,
+)
 from hareid.data.sampler import IdentitySampler
 from hareid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
@@ -42,6 +46,8 @@ __all__ = [
     "check_images",
     "detect_dataset",
     "list_datasets",
+    "list_images",
+    "open_dataset",
     "parse_csv",
     "parse_dukemtmcreid",
     "parse_folder",

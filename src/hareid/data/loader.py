@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import signal
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from hareid.data.records import ImageRecord, ReIDDataset
@@ -42,8 +45,20 @@ from hareid.data.sampler import IdentitySampler
 from hareid.data.transforms import build_transforms
 from hareid.errors import DataError
 
-__all__ = ["DECODERS", "DEFAULT_DECODER", "MAX_IMAGE_PIXELS", "ImageDataset", "build_eval_loaders", "build_loaders",
-           "collate_drop_missing", "decode_pil", "decode_torchvision", "read_image"]
+__all__ = [
+    "DECODERS",
+    "DEFAULT_DECODER",
+    "MAX_IMAGE_PIXELS",
+    "ImageDataset",
+    "build_eval_loaders",
+    "build_loaders",
+    "collate_drop_missing",
+    "decode_pil",
+    "decode_torchvision",
+    "load_images",
+    "read_image",
+    "read_mask",
+]
 
 #: Largest image (width x height) hareid decodes: a 12000 x 8000 photo; person crops are far smaller.
 MAX_IMAGE_PIXELS = 96_000_000
@@ -154,18 +169,44 @@ def worker_options(workers: int) -> dict[str, Any]:
     return {"num_workers": workers, "worker_init_fn": _ignore_stop_signals if workers > 0 else None}
 
 
+def read_mask(path: str, size: tuple[int, int]) -> tv_tensors.Mask:
+    """Person mask ``(1, H, W)`` uint8 in {0, 1} (> 127 = person) at the image's ``size`` (W, H),
+    resized with nearest neighbours if the file's size differs; DataError naming the file."""
+    try:
+        image_size(path)
+        with Image.open(path) as im:
+            m = im.convert("L")
+            if m.size != size:
+                m = m.resize(size, Image.NEAREST)
+            t = pil_to_tensor(m)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable person mask ({type(exc).__name__}); write the dataset again, or "
+                        "train without the attention loss (loss.attn_weight=0)") from exc
+    return tv_tensors.Mask((t > 127).to(torch.uint8))
+
+
 class ImageDataset(Dataset):
-    """Records -> ``(image Tensor[3,H,W] float, pid, camid, path)``.
+    """Records -> ``(image Tensor[3,H,W] float, pid, camid, path)``, with ``masks=True``
+    ``(image, pid, camid, path, mask Tensor[1,H,W] float in {0, 1})``: the record's person mask,
+    transformed with the image, pixel-aligned (see :mod:`hareid.data.transforms`).
 
     ``skip_bad_images``: a bad image is replaced by another of the same identity (``substitute``,
     for training) or returned as ``None`` (evaluation; batch with :func:`collate_drop_missing`).
     """
 
-    def __init__(self, records: Sequence[ImageRecord], transform: Callable[[Any], torch.Tensor] | None,
-                 skip_bad_images: bool = False, decoder: str = DEFAULT_DECODER, substitute: bool = True) -> None:
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable[..., Any] | None,
+                 skip_bad_images: bool = False, decoder: str = DEFAULT_DECODER, substitute: bool = True,
+                 masks: bool = False) -> None:
         if decoder not in DECODERS:
             raise DataError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
         self.records = list(records)
+        if masks:
+            missing = next((r.path for r in self.records if r.mask is None), None)
+            if missing is not None:
+                raise DataError(f"{missing}: has no person mask; masks=True needs one for every image")
+        self.masks = masks
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self.substitute = substitute
@@ -179,13 +220,21 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, rec: ImageRecord) -> torch.Tensor:
+    def _load(self, rec: ImageRecord) -> tuple[torch.Tensor, ...]:
         img = read_image(rec.path, self.decoder)
-        if self.transform is not None:
-            img = self.transform(img)
-        elif isinstance(img, Image.Image):
+        if isinstance(img, Image.Image) and (self.masks or self.transform is None):
             img = pil_to_tensor(img)
-        return img.as_subclass(torch.Tensor)
+        if not self.masks:
+            out = self.transform(img) if self.transform is not None else img
+            return (out.as_subclass(torch.Tensor),)
+        mask = read_mask(rec.mask, (img.shape[-1], img.shape[-2]))  # type: ignore[arg-type]
+        if self.transform is not None:
+            img, mask = self.transform(img, mask)
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).float()
+
+    def _item(self, rec: ImageRecord) -> tuple[Any, ...]:
+        img, *mask = self._load(rec)
+        return (img, rec.pid, rec.camid, rec.path, *mask)
 
     def _substitutes(self, index: int) -> list[int]:
         same = self._by_pid[self.records[index].pid]
@@ -194,11 +243,11 @@ class ImageDataset(Dataset):
         n = len(self.records)
         return order + [(index + j) % n for j in range(1, n) if (index + j) % n not in same]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str] | None:
+    def __getitem__(self, index: int) -> tuple[Any, ...] | None:
         rec = self.records[index]
         if rec.path not in self.bad_paths:
             try:
-                return self._load(rec), rec.pid, rec.camid, rec.path
+                return self._item(rec)
             except DataError as exc:
                 if not self.skip_bad_images:
                     raise
@@ -210,7 +259,7 @@ class ImageDataset(Dataset):
             if sub.path in self.bad_paths:
                 continue
             try:
-                return self._load(sub), sub.pid, sub.camid, sub.path
+                return self._item(sub)
             except DataError as exc:
                 self._mark_bad(sub.path, exc)
         raise DataError(f"{rec.path}: unreadable and no readable substitute image left in the dataset")
@@ -234,9 +283,11 @@ def build_loaders(
     skip_bad_images: bool = False,
     decoder: str = DEFAULT_DECODER,
     pin_memory: bool | None = None,
+    masks: bool = False,
     **transform_kw: Any,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """``(train_loader, query_loader, gallery_loader)``.
+    """``(train_loader, query_loader, gallery_loader)``; ``masks``: training batches also carry the
+    person masks (5th element, see :class:`ImageDataset`).
 
     Train: :class:`IdentitySampler` (P x K, ``batch_size`` per rank; call
     ``train_loader.sampler.set_epoch(epoch)`` each epoch), ``drop_last``. Query/gallery: in order,
@@ -250,7 +301,7 @@ def build_loaders(
         common["prefetch_factor"] = 4
     gen = torch.Generator().manual_seed(seed * 1000 + rank)  # distinct augmentation per rank
     sampler = IdentitySampler(dataset.train, batch_size, num_instances, seed, rank, world_size)
-    train = DataLoader(ImageDataset(dataset.train, train_tf, skip_bad_images, decoder),
+    train = DataLoader(ImageDataset(dataset.train, train_tf, skip_bad_images, decoder, masks=masks),
                        batch_size=batch_size, sampler=sampler, drop_last=True, generator=gen,
                        **common)
     query, gallery = _eval_loaders(dataset, eval_tf, test_batch_size or max(batch_size, 64),
@@ -283,3 +334,19 @@ def build_eval_loaders(
     _, eval_tf = build_transforms(height, width, **kw)
     common: dict[str, Any] = {"pin_memory": torch.cuda.is_available(), **worker_options(workers)}
     return _eval_loaders(dataset, eval_tf, batch_size, skip_bad_images, DEFAULT_DECODER, common)
+
+
+def load_images(paths: Sequence[str | os.PathLike], height: int, width: int, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> torch.Tensor:
+    """Decode, resize and normalise image files into a ``(N, 3, height, width)`` batch (the
+    evaluation transform; ImageNet mean/std unless given)."""
+    kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    tf = build_transforms(height, width, **kw)[1]
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: image not found; pass existing image files")
+        out.append(tf(read_image(str(p))))
+    if not out:
+        raise DataError("no images given")
+    return torch.stack(out)

@@ -1,8 +1,10 @@
 """The one record type every parser produces, and the dataset that holds them.
 
-* :class:`ImageRecord` ``(path, pid, camid, split)``: ``split`` is ``"train"``, ``"query"`` or
+* :class:`ImageRecord` ``(path, pid, camid, split, mask)``: ``split`` is ``"train"``, ``"query"`` or
   ``"gallery"``; train pids are relabelled ``0..N-1``; camera ids are 0-based. Query/gallery pids
-  keep the dataset's own numbering (``0`` = distractor in Market-style galleries).
+  keep the dataset's own numbering (``0`` = distractor in Market-style galleries). ``mask`` is the
+  path of the image's person (foreground) mask where the dataset has one (the synthetic sets, the
+  tracklets layout), else ``None``.
 * :class:`ReIDDataset`: ``.name, .root, .train, .query, .gallery, .num_train_pids,
   .num_train_cams, .summary()``.
 """
@@ -21,12 +23,15 @@ SPLITS = ("train", "query", "gallery")
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image: absolute ``path``, identity ``pid``, 0-based camera ``camid``, ``split``."""
+    """One image: absolute ``path``, identity ``pid``, 0-based camera ``camid``, ``split``, and the
+    path of its person mask (``None`` without one; 8-bit, > 127 = person, any size: it is resized
+    with the image)."""
 
     path: str
     pid: int
     camid: int
     split: str
+    mask: str | None = None
 
 
 def relabel(records: Iterable[ImageRecord]) -> list[ImageRecord]:
@@ -76,6 +81,11 @@ class ReIDDataset:
     @property
     def num_train_imgs(self) -> int:
         return len(self.train)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every training image has a person mask (what the attention loss needs)."""
+        return bool(self.train) and all(r.mask is not None for r in self.train)
 
     def stats(self) -> dict[str, tuple[int, int, int]]:
         """``{split: (identities, images, cameras)}``."""

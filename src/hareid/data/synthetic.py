@@ -57,7 +57,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -316,7 +316,16 @@ def load_synthetic(root: str | os.PathLike, version: int | None = None) -> ReIDD
     ds = parse_market1501(root)
     ds.name = "synthetic"
     ds.extras["annotations"] = str(root.resolve() / "annotations.json")
+    images = load_annotations(root)["images"]
+    base = root.resolve()
+    for split in ("train", "query", "gallery"):  # every image carries the person mask that was drawn
+        setattr(ds, split, [replace(r, mask=_mask_of(images, base, r.path)) for r in getattr(ds, split)])
     return ds
+
+
+def _mask_of(images: dict[str, Any], base: Path, path: str) -> str | None:
+    entry = images.get(Path(path).resolve().relative_to(base).as_posix())
+    return str(base / entry["mask"]) if entry and entry.get("mask") else None
 
 
 def load_annotations(root: str | os.PathLike) -> dict[str, Any]:

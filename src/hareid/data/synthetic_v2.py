@@ -329,220 +329,272 @@ class _Pose:
     phase: float  # walking phase, radians
 
 
-def _draw_person(ident: dict[str, Any], size: tuple[int, int], pose: _Pose) -> tuple[Image.Image, dict]:
-    """RGBA layer with the person (alpha = silhouette) and amodal part corner lists."""
-    W, H = size
-    side = pose.view in ("left", "right")
-    cx = W - pose.cx if pose.view == "left" else pose.cx  # "left" is drawn as "right", then mirrored
-    layer = Image.new("RGBA", (W, H), (0, 0, 0, 0))
-    d = ImageDraw.Draw(layer)
-    u, bw, feet_y = pose.u, pose.width, pose.feet_y
-    top = feet_y - u
-    head_r = 0.064 * u
-    head_c = (cx + (0.01 * u if side else 0), top + head_r + 0.006 * u)
-    sh_y, hip_y, ankle_y = top + 0.158 * u, top + 0.49 * u, feet_y - 0.035 * u
-    skin, top_c, bottom = (ident[k] for k in ("skin", "top_color", "bottom_color"))
-    cut = ident["cut"]
-    leg_w = {"slim": 0.078, "straight": 0.09, "wide": 0.1, "shorts": 0.088, "skirt": 0.07}[cut] * u * bw
-    sh_w = (0.15 if side else 0.26) * u * bw
-    waist_w = (0.14 if side else 0.2) * u * bw
-    arm_w = 0.058 * u * bw
-    hem_y = {"coat": top + 0.72 * u, "jacket": hip_y + 0.04 * u, "hoodie": hip_y + 0.03 * u}.get(
-        ident["top"], hip_y + 0.02 * u)
-    parts: dict[str, list[tuple[float, float]]] = {}
-    swing = math.sin(pose.phase)
-    back = pose.view == "back"
+class _Figure:
+    """One person drawn on an RGBA layer (alpha = silhouette), part by part, back to front, with the
+    amodal corner lists of the parts (``parts``). ``"left"`` is drawn as ``"right"``, then mirrored."""
 
-    def bag_rect(b: list[float], fill: Sequence[int]) -> None:
-        d.rounded_rectangle(b, radius=0.015 * u, fill=_rgba(fill))
-        parts["bag"] = _rect(b)
+    def __init__(self, ident: dict[str, Any], size: tuple[int, int], pose: _Pose) -> None:
+        W, H = size
+        self.ident, self.pose, self.size = ident, pose, size
+        self.side = pose.view in ("left", "right")
+        self.back = pose.view == "back"
+        self.cx = W - pose.cx if pose.view == "left" else pose.cx
+        self.layer = Image.new("RGBA", (W, H), (0, 0, 0, 0))
+        self.d = ImageDraw.Draw(self.layer)
+        u, bw = pose.u, pose.width
+        self.u = u
+        self.top = pose.feet_y - u
+        self.head_r = 0.064 * u
+        self.head_c = (self.cx + (0.01 * u if self.side else 0), self.top + self.head_r + 0.006 * u)
+        self.sh_y, self.hip_y, self.ankle_y = self.top + 0.158 * u, self.top + 0.49 * u, pose.feet_y - 0.035 * u
+        self.skin, self.top_c, self.bottom = (ident[k] for k in ("skin", "top_color", "bottom_color"))
+        self.cut = ident["cut"]
+        self.leg_w = {"slim": 0.078, "straight": 0.09, "wide": 0.1, "shorts": 0.088, "skirt": 0.07}[self.cut] * u * bw
+        self.sh_w = (0.15 if self.side else 0.26) * u * bw
+        self.waist_w = (0.14 if self.side else 0.2) * u * bw
+        self.arm_w = 0.058 * u * bw
+        self.hem_y = {"coat": self.top + 0.72 * u, "jacket": self.hip_y + 0.04 * u,
+                      "hoodie": self.hip_y + 0.03 * u}.get(ident["top"], self.hip_y + 0.02 * u)
+        self.parts: dict[str, list[tuple[float, float]]] = {}
+        self.swing = math.sin(pose.phase)
+        self.stride = 0.42 * self.swing
+        self.far_hand: tuple[float, float] | None = None
 
-    # ---- behind the body: backpack seen from the side, long hair seen from the front
-    if ident["bag"] == "backpack" and side:
-        b = [cx - sh_w / 2 - 0.1 * u, sh_y + 0.02 * u, cx - sh_w / 2 + 0.02 * u, sh_y + 0.27 * u]
-        bag_rect(b, ident["bag_color"])
-    if ident["hair_style"] == "long" and pose.view == "front":
-        d.rectangle([head_c[0] - 1.1 * head_r, head_c[1], head_c[0] + 1.1 * head_r, sh_y + 0.09 * u],
-                    fill=_rgba(ident["hair"]))
-    # ---- far limbs (side view), darker
-    legs: list[tuple[float, float]] = []
-    feet: list[tuple[float, float]] = []
+    def draw(self) -> tuple[Image.Image, dict]:
+        """``(layer, parts)``: the whole figure."""
+        self._behind()
+        self._legs()
+        self._torso()
+        self._bags_on_body()
+        self._near_arms_and_hand_bags()
+        self._head()
+        self._shade()
+        if self.pose.view == "left":
+            W = self.size[0]
+            self.layer = self.layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            self.parts = {k: [(W - x, y) for x, y in v] for k, v in self.parts.items()}
+        return self.layer, self.parts
 
-    def leg(hip: tuple[float, float], thigh: float, shin: float, shade: float, lift: float = 0.0) -> None:
-        length = ankle_y - hip_y
+    # ---------------------------------------------------------------------- limbs
+    def _bag_rect(self, b: list[float], fill: Sequence[int]) -> None:
+        self.d.rounded_rectangle(b, radius=0.015 * self.u, fill=_rgba(fill))
+        self.parts["bag"] = _rect(b)
+
+    def _leg(self, hip: tuple[float, float], thigh: float, shin: float, shade: float, lift: float = 0.0) -> None:
+        u, cut, leg_w = self.u, self.cut, self.leg_w
+        length = self.ankle_y - self.hip_y
         knee = (hip[0] + math.sin(thigh) * length / 2, hip[1] + math.cos(thigh) * length / 2 - lift / 2)
         ankle = (knee[0] + math.sin(shin) * length / 2, knee[1] + math.cos(shin) * length / 2 - lift / 2)
-        lower = _rgba(skin if cut in ("shorts", "skirt") else bottom, shade)
-        upper = _rgba(bottom, shade)
+        lower = _rgba(self.skin if cut in ("shorts", "skirt") else self.bottom, shade)
+        upper = _rgba(self.bottom, shade)
         wide = 1.25 if cut == "wide" else 1.0
-        _limb(d, hip, knee, leg_w, upper)
-        _limb(d, knee, ankle, leg_w * (0.8 if cut in ("shorts", "skirt") else wide), lower)
+        _limb(self.d, hip, knee, leg_w, upper)
+        _limb(self.d, knee, ankle, leg_w * (0.8 if cut in ("shorts", "skirt") else wide), lower)
         if cut == "shorts":
-            _limb(d, hip, (knee[0], knee[1] - 0.02 * u), leg_w * 1.05, upper)
-        fwd = 0.085 * u if side else 0.035 * u
-        f = [ankle[0] - (0.03 * u if side else 0.037 * u), ankle[1] - 0.012 * u, ankle[0] + fwd, ankle[1] + 0.035 * u]
-        d.rounded_rectangle(f, radius=0.012 * u, fill=_rgba(ident["shoes"], shade))
-        feet.extend(_rect(f))
-        legs.extend([(hip[0] - leg_w / 2, hip[1]), (knee[0] - leg_w, knee[1]), (knee[0] + leg_w, knee[1]),
-                     (ankle[0] - leg_w / 2, ankle[1]), (ankle[0] + leg_w / 2, ankle[1])])
+            _limb(self.d, hip, (knee[0], knee[1] - 0.02 * u), leg_w * 1.05, upper)
+        fwd = 0.085 * u if self.side else 0.035 * u
+        f = [ankle[0] - (0.03 * u if self.side else 0.037 * u), ankle[1] - 0.012 * u, ankle[0] + fwd, ankle[1] + 0.035 * u]
+        self.d.rounded_rectangle(f, radius=0.012 * u, fill=_rgba(self.ident["shoes"], shade))
+        self.parts["feet"].extend(_rect(f))
+        self.parts["legs"].extend([(hip[0] - leg_w / 2, hip[1]), (knee[0] - leg_w, knee[1]), (knee[0] + leg_w, knee[1]),
+                                   (ankle[0] - leg_w / 2, ankle[1]), (ankle[0] + leg_w / 2, ankle[1])])
 
-    def arm(shoulder: tuple[float, float], angle: float, shade: float) -> tuple[float, float]:
-        length = 0.33 * u
+    def _arm(self, shoulder: tuple[float, float], angle: float, shade: float) -> tuple[float, float]:
+        length = 0.33 * self.u
         elbow = (shoulder[0] + math.sin(angle) * length / 2, shoulder[1] + math.cos(angle) * length / 2)
-        bend = angle + (0.25 if side else 0.0)
+        bend = angle + (0.25 if self.side else 0.0)
         hand = (elbow[0] + math.sin(bend) * length / 2, elbow[1] + math.cos(bend) * length / 2)
-        sleeve = _rgba(top_c, shade)
-        _limb(d, shoulder, elbow, arm_w, sleeve)
-        _limb(d, elbow, hand, arm_w * 0.9, _rgba(skin, shade) if ident["top"] == "tshirt" else sleeve)
-        r = arm_w * 0.5
-        d.ellipse([hand[0] - r, hand[1] - r, hand[0] + r, hand[1] + r], fill=_rgba(skin, shade))
+        sleeve = _rgba(self.top_c, shade)
+        _limb(self.d, shoulder, elbow, self.arm_w, sleeve)
+        _limb(self.d, elbow, hand, self.arm_w * 0.9,
+              _rgba(self.skin, shade) if self.ident["top"] == "tshirt" else sleeve)
+        r = self.arm_w * 0.5
+        self.d.ellipse([hand[0] - r, hand[1] - r, hand[0] + r, hand[1] + r], fill=_rgba(self.skin, shade))
         return hand
 
-    stride = 0.42 * swing
-    if side:
-        hip = (cx, hip_y)
-        leg(hip, -stride, -stride - 0.45 * max(0.0, -math.cos(pose.phase)), 0.78)  # far leg
-        far_hand = arm((cx - 0.01 * u, sh_y + arm_w * 0.5), 0.75 * stride, 0.78)
-        leg(hip, stride, stride - 0.45 * max(0.0, math.cos(pose.phase)), 1.0)
-    else:  # walking towards or away from the camera: the leg in swing is lifted
-        for s_, ph in ((-1, swing), (1, -swing)):
-            leg((cx + s_ * 0.26 * waist_w, hip_y), s_ * 0.035, s_ * 0.035, 1.0, 0.03 * u * max(0.0, ph))
-        far_hand = None
-    parts["legs"] = legs
-    parts["feet"] = feet
-    if cut == "skirt":
-        sk = [(cx - waist_w * 0.5, hip_y - 0.02 * u), (cx + waist_w * 0.5, hip_y - 0.02 * u),
-              (cx + waist_w * 0.75, hip_y + 0.2 * u), (cx - waist_w * 0.75, hip_y + 0.2 * u)]
-        d.polygon(sk, fill=_rgba(bottom))
-        legs.extend(sk)
-    # ---- torso (coat length, pattern, open front)
-    hem_w = waist_w * (1.2 if ident["top"] == "coat" else 1.02)
-    torso = [(cx - sh_w / 2, sh_y), (cx + sh_w / 2, sh_y), (cx + waist_w / 2, hip_y),
-             (cx + hem_w / 2, hem_y), (cx - hem_w / 2, hem_y), (cx - waist_w / 2, hip_y)]
-    parts["torso"] = torso
-    tb = [int(v) for v in _box(torso)]
-    tw, th = max(1, tb[2] - tb[0] + 1), max(1, tb[3] - tb[1] + 1)
-    yy, xx = np.mgrid[0:th, 0:tw]
-    period = max(2, int(0.03 * u))
-    sel = {"solid": np.zeros((th, tw), bool), "hstripes": (yy // period) % 2 == 1,
-           "checks": ((yy // period) + (xx // period)) % 2 == 1,
-           "colorblock": yy < th * 0.3}[ident["pattern"]]
-    if ident["open"] and pose.view == "front":
-        sel = sel | (np.abs(xx - (cx - tb[0])) < 0.14 * sh_w)
-        second = np.array(ident["inner_color"])
-    else:
-        second = np.array(ident["pattern_color"])
-    pat = np.where(sel[..., None], second, np.array(top_c)).astype(np.uint8)
-    tmask = Image.new("L", (tw, th), 0)
-    ImageDraw.Draw(tmask).polygon([(x - tb[0], y - tb[1]) for x, y in torso], fill=255)
-    layer.paste(Image.fromarray(pat).convert("RGBA"), (tb[0], tb[1]), tmask)
-    d = ImageDraw.Draw(layer)
-    if ident["top"] == "hoodie" and back:  # the hood
-        d.chord([cx - 0.45 * sh_w, sh_y - 0.04 * u, cx + 0.45 * sh_w, sh_y + 0.08 * u], 0, 180, fill=_rgba(top_c, 0.85))
-    if ident["logo"] != "none" and pose.view == "front":
-        lb = draw_logo(d, ident["logo"], (cx - 0.17 * sh_w, sh_y + 0.09 * u), 0.04 * u,
-                       _rgba(ident["logo_color"]), bar=(0.6, 0.4))
-        parts["logo"] = _rect(lb)
-    # ---- bags on the body
-    bag_c = ident["bag_color"]
-    if ident["bag"] == "backpack" and not side:
-        if back:
-            bag_rect([cx - 0.36 * sh_w, sh_y + 0.02 * u, cx + 0.36 * sh_w, sh_y + 0.29 * u], bag_c)
-        else:  # straps only
-            for s_ in (-1, 1):
-                d.line([(cx + s_ * 0.3 * sh_w, sh_y), (cx + s_ * 0.27 * sh_w, sh_y + 0.2 * u)],
-                       fill=_rgba(bag_c), width=max(1, int(0.014 * u)))
-            parts["bag"] = _rect([cx - 0.32 * sh_w, sh_y, cx + 0.32 * sh_w, sh_y + 0.2 * u])
-    if ident["bag"] == "crossbody":
-        s_ = ident["bag_side"]
-        d.line([(cx - s_ * 0.4 * sh_w, sh_y), (cx + s_ * 0.45 * waist_w, hip_y - 0.03 * u)],
-               fill=_rgba(bag_c), width=max(1, int(0.014 * u)))
-        bx = cx + s_ * 0.45 * waist_w
-        bag_rect([bx - 0.05 * u, hip_y - 0.07 * u, bx + 0.05 * u, hip_y + 0.02 * u], bag_c)
-    # ---- near arms
-    shoulders = [(cx + 0.01 * u, sh_y + arm_w * 0.5)] if side else \
-        [(cx + s_ * (sh_w / 2 - arm_w * 0.35), sh_y + arm_w * 0.5) for s_ in (-1, 1)]
-    hands = []
-    for i, sh in enumerate(shoulders):
-        angle = -0.75 * stride if side else (0.12 if i else -0.12) + 0.1 * swing * (1 if i else -1)
-        hands.append(arm(sh, angle, 1.0))
-    if far_hand is not None:
-        hands = [far_hand, *hands]
-    if ident["bag"] in ("handbag", "tote"):
-        hx, hy = hands[-1] if ident["bag_side"] > 0 or side else hands[0]
-        if ident["bag"] == "handbag":
-            b = [hx - 0.045 * u, hy + 0.005 * u, hx + 0.055 * u, hy + 0.09 * u]
-        else:  # tote on the shoulder, hanging at the hip
-            sx = cx + (ident["bag_side"] if not side else 1) * 0.5 * sh_w
-            d.line([(sx, sh_y), (sx, hip_y - 0.06 * u)], fill=_rgba(bag_c), width=max(1, int(0.012 * u)))
-            b = [sx - 0.06 * u, hip_y - 0.08 * u, sx + 0.06 * u, hip_y + 0.07 * u]
-        bag_rect(b, bag_c)
-    # ---- neck, scarf, head, hair, hat
-    _limb(d, (cx, head_c[1]), (cx, sh_y + 0.01 * u), 0.05 * u, _rgba(skin))
-    if ident["scarf"]:
-        d.rounded_rectangle([cx - 0.3 * sh_w - 0.01 * u, sh_y - 0.025 * u, cx + 0.3 * sh_w + 0.01 * u, sh_y + 0.02 * u],
-                            radius=0.01 * u, fill=_rgba(ident["scarf_color"]))
-        if pose.view == "front":
-            d.rectangle([cx - 0.02 * u, sh_y, cx + 0.015 * u, sh_y + 0.1 * u], fill=_rgba(ident["scarf_color"]))
-    hb = [head_c[0] - head_r * 0.84, head_c[1] - head_r, head_c[0] + head_r * 0.84, head_c[1] + head_r]
-    hair = _rgba(ident["hair"])
-    style = ident["hair_style"]
-    if back and style != "bald":
-        d.ellipse(hb, fill=hair)
-        if style == "long":
-            d.rectangle([hb[0] - 0.005 * u, head_c[1], hb[2] + 0.005 * u, sh_y + 0.12 * u], fill=hair)
-    else:
-        d.ellipse(hb, fill=_rgba(skin))
-        if style != "bald":
-            if side:  # hair on top and at the back of the head
-                d.chord([hb[0] - 0.004 * u, hb[1] - 0.004 * u, hb[2], hb[3] - 0.4 * head_r], 150, 360, fill=hair)
-                d.pieslice([hb[0] - 0.004 * u, hb[1], hb[2] - 0.6 * head_r, hb[3] - 0.2 * head_r], 90, 270, fill=hair)
-                if style == "long":
-                    d.rectangle([hb[0] - 0.006 * u, head_c[1], head_c[0] - 0.2 * head_r, sh_y + 0.1 * u], fill=hair)
-            else:
-                d.chord([hb[0] - 0.004 * u, hb[1] - 0.005 * u, hb[2] + 0.004 * u, hb[3] - 0.5 * head_r], 180, 360, fill=hair)
-    if style == "bun":
-        r = 0.3 * head_r
-        bx = head_c[0] - (0.7 * head_r if side else 0)
-        d.ellipse([bx - r, hb[1] - 1.4 * r, bx + r, hb[1] + 0.6 * r], fill=hair)
-    head_pts = _rect(hb)
-    if ident["hat"] != "none":
-        hc = _rgba(ident["hat_color"])
-        if ident["hat"] == "cap":
-            hat = [hb[0] - 0.004 * u, hb[1] - 0.008 * u, hb[2] + 0.004 * u, head_c[1] + 0.05 * head_r]
-            d.chord(hat, 180, 360, fill=hc)
-            pts = _rect(hat)
-            if side:
-                brim = [head_c[0], head_c[1] - 0.22 * head_r, hb[2] + 0.045 * u, head_c[1] + 0.05 * head_r]
-                d.rectangle(brim, fill=hc)
-                pts += _rect(brim)
-            elif pose.view == "front":
-                brim = [hb[0], head_c[1] - 0.2 * head_r, hb[2], head_c[1] + 0.12 * head_r]
-                d.ellipse(brim, fill=hc)
-                pts += _rect(brim)
+    # ---------------------------------------------------------------------- parts, back to front
+    def _behind(self) -> None:
+        """Behind the body: a backpack seen from the side, long hair seen from the front."""
+        ident, u, cx, sh_y = self.ident, self.u, self.cx, self.sh_y
+        if ident["bag"] == "backpack" and self.side:
+            b = [cx - self.sh_w / 2 - 0.1 * u, sh_y + 0.02 * u, cx - self.sh_w / 2 + 0.02 * u, sh_y + 0.27 * u]
+            self._bag_rect(b, ident["bag_color"])
+        if ident["hair_style"] == "long" and self.pose.view == "front":
+            hc, hr = self.head_c, self.head_r
+            self.d.rectangle([hc[0] - 1.1 * hr, hc[1], hc[0] + 1.1 * hr, sh_y + 0.09 * u], fill=_rgba(ident["hair"]))
+
+    def _legs(self) -> None:
+        """Both legs (side view: the far leg and the far arm darker), a skirt over them."""
+        self.parts["legs"], self.parts["feet"] = [], []
+        u, cx, hip_y, phase = self.u, self.cx, self.hip_y, self.pose.phase
+        if self.side:
+            hip = (cx, hip_y)
+            self._leg(hip, -self.stride, -self.stride - 0.45 * max(0.0, -math.cos(phase)), 0.78)  # far leg
+            self.far_hand = self._arm((cx - 0.01 * u, self.sh_y + self.arm_w * 0.5), 0.75 * self.stride, 0.78)
+            self._leg(hip, self.stride, self.stride - 0.45 * max(0.0, math.cos(phase)), 1.0)
+        else:  # walking towards or away from the camera: the leg in swing is lifted
+            for s_, ph in ((-1, self.swing), (1, -self.swing)):
+                self._leg((cx + s_ * 0.26 * self.waist_w, hip_y), s_ * 0.035, s_ * 0.035, 1.0, 0.03 * u * max(0.0, ph))
+        if self.cut == "skirt":
+            ww = self.waist_w
+            sk = [(cx - ww * 0.5, hip_y - 0.02 * u), (cx + ww * 0.5, hip_y - 0.02 * u),
+                  (cx + ww * 0.75, hip_y + 0.2 * u), (cx - ww * 0.75, hip_y + 0.2 * u)]
+            self.d.polygon(sk, fill=_rgba(self.bottom))
+            self.parts["legs"].extend(sk)
+
+    def _torso(self) -> None:
+        """The torso: coat length, pattern, open front; a hood from the back, a logo from the front."""
+        ident, u, cx, sh_y, sh_w = self.ident, self.u, self.cx, self.sh_y, self.sh_w
+        waist_w, hip_y = self.waist_w, self.hip_y
+        hem_w = waist_w * (1.2 if ident["top"] == "coat" else 1.02)
+        torso = [(cx - sh_w / 2, sh_y), (cx + sh_w / 2, sh_y), (cx + waist_w / 2, hip_y),
+                 (cx + hem_w / 2, self.hem_y), (cx - hem_w / 2, self.hem_y), (cx - waist_w / 2, hip_y)]
+        self.parts["torso"] = torso
+        tb = [int(v) for v in _box(torso)]
+        tw, th = max(1, tb[2] - tb[0] + 1), max(1, tb[3] - tb[1] + 1)
+        yy, xx = np.mgrid[0:th, 0:tw]
+        period = max(2, int(0.03 * u))
+        sel = {"solid": np.zeros((th, tw), bool), "hstripes": (yy // period) % 2 == 1,
+               "checks": ((yy // period) + (xx // period)) % 2 == 1,
+               "colorblock": yy < th * 0.3}[ident["pattern"]]
+        if ident["open"] and self.pose.view == "front":
+            sel = sel | (np.abs(xx - (cx - tb[0])) < 0.14 * sh_w)
+            second = np.array(ident["inner_color"])
         else:
+            second = np.array(ident["pattern_color"])
+        pat = np.where(sel[..., None], second, np.array(self.top_c)).astype(np.uint8)
+        tmask = Image.new("L", (tw, th), 0)
+        ImageDraw.Draw(tmask).polygon([(x - tb[0], y - tb[1]) for x, y in torso], fill=255)
+        self.layer.paste(Image.fromarray(pat).convert("RGBA"), (tb[0], tb[1]), tmask)
+        self.d = d = ImageDraw.Draw(self.layer)
+        if ident["top"] == "hoodie" and self.back:  # the hood
+            d.chord([cx - 0.45 * sh_w, sh_y - 0.04 * u, cx + 0.45 * sh_w, sh_y + 0.08 * u], 0, 180,
+                    fill=_rgba(self.top_c, 0.85))
+        if ident["logo"] != "none" and self.pose.view == "front":
+            lb = draw_logo(d, ident["logo"], (cx - 0.17 * sh_w, sh_y + 0.09 * u), 0.04 * u,
+                           _rgba(ident["logo_color"]), bar=(0.6, 0.4))
+            self.parts["logo"] = _rect(lb)
+
+    def _bags_on_body(self) -> None:
+        """A backpack (from the back; straps from the front) or a crossbody bag."""
+        ident, u, cx, sh_y, sh_w, d = self.ident, self.u, self.cx, self.sh_y, self.sh_w, self.d
+        bag_c = ident["bag_color"]
+        if ident["bag"] == "backpack" and not self.side:
+            if self.back:
+                self._bag_rect([cx - 0.36 * sh_w, sh_y + 0.02 * u, cx + 0.36 * sh_w, sh_y + 0.29 * u], bag_c)
+            else:  # straps only
+                for s_ in (-1, 1):
+                    d.line([(cx + s_ * 0.3 * sh_w, sh_y), (cx + s_ * 0.27 * sh_w, sh_y + 0.2 * u)],
+                           fill=_rgba(bag_c), width=max(1, int(0.014 * u)))
+                self.parts["bag"] = _rect([cx - 0.32 * sh_w, sh_y, cx + 0.32 * sh_w, sh_y + 0.2 * u])
+        if ident["bag"] == "crossbody":
+            s_ = ident["bag_side"]
+            d.line([(cx - s_ * 0.4 * sh_w, sh_y), (cx + s_ * 0.45 * self.waist_w, self.hip_y - 0.03 * u)],
+                   fill=_rgba(bag_c), width=max(1, int(0.014 * u)))
+            bx = cx + s_ * 0.45 * self.waist_w
+            self._bag_rect([bx - 0.05 * u, self.hip_y - 0.07 * u, bx + 0.05 * u, self.hip_y + 0.02 * u], bag_c)
+
+    def _near_arms_and_hand_bags(self) -> None:
+        """The near arm(s); a handbag in a hand or a tote on the shoulder."""
+        ident, u, cx, sh_y, sh_w, side = self.ident, self.u, self.cx, self.sh_y, self.sh_w, self.side
+        shoulders = [(cx + 0.01 * u, sh_y + self.arm_w * 0.5)] if side else \
+            [(cx + s_ * (sh_w / 2 - self.arm_w * 0.35), sh_y + self.arm_w * 0.5) for s_ in (-1, 1)]
+        hands = []
+        for i, sh in enumerate(shoulders):
+            angle = -0.75 * self.stride if side else (0.12 if i else -0.12) + 0.1 * self.swing * (1 if i else -1)
+            hands.append(self._arm(sh, angle, 1.0))
+        if self.far_hand is not None:
+            hands = [self.far_hand, *hands]
+        if ident["bag"] in ("handbag", "tote"):
+            bag_c = ident["bag_color"]
+            hx, hy = hands[-1] if ident["bag_side"] > 0 or side else hands[0]
+            if ident["bag"] == "handbag":
+                b = [hx - 0.045 * u, hy + 0.005 * u, hx + 0.055 * u, hy + 0.09 * u]
+            else:  # tote on the shoulder, hanging at the hip
+                sx = cx + (ident["bag_side"] if not side else 1) * 0.5 * sh_w
+                self.d.line([(sx, sh_y), (sx, self.hip_y - 0.06 * u)], fill=_rgba(bag_c), width=max(1, int(0.012 * u)))
+                b = [sx - 0.06 * u, self.hip_y - 0.08 * u, sx + 0.06 * u, self.hip_y + 0.07 * u]
+            self._bag_rect(b, bag_c)
+
+    def _head(self) -> None:
+        """Neck, scarf, head, hair, hat."""
+        ident, u, cx, sh_y, sh_w, d = self.ident, self.u, self.cx, self.sh_y, self.sh_w, self.d
+        head_c, head_r, side, back = self.head_c, self.head_r, self.side, self.back
+        _limb(d, (cx, head_c[1]), (cx, sh_y + 0.01 * u), 0.05 * u, _rgba(self.skin))
+        if ident["scarf"]:
+            d.rounded_rectangle([cx - 0.3 * sh_w - 0.01 * u, sh_y - 0.025 * u, cx + 0.3 * sh_w + 0.01 * u, sh_y + 0.02 * u],
+                                radius=0.01 * u, fill=_rgba(ident["scarf_color"]))
+            if self.pose.view == "front":
+                d.rectangle([cx - 0.02 * u, sh_y, cx + 0.015 * u, sh_y + 0.1 * u], fill=_rgba(ident["scarf_color"]))
+        hb = [head_c[0] - head_r * 0.84, head_c[1] - head_r, head_c[0] + head_r * 0.84, head_c[1] + head_r]
+        hair = _rgba(ident["hair"])
+        style = ident["hair_style"]
+        if back and style != "bald":
+            d.ellipse(hb, fill=hair)
+            if style == "long":
+                d.rectangle([hb[0] - 0.005 * u, head_c[1], hb[2] + 0.005 * u, sh_y + 0.12 * u], fill=hair)
+        else:
+            d.ellipse(hb, fill=_rgba(self.skin))
+            if style != "bald":
+                if side:  # hair on top and at the back of the head
+                    d.chord([hb[0] - 0.004 * u, hb[1] - 0.004 * u, hb[2], hb[3] - 0.4 * head_r], 150, 360, fill=hair)
+                    d.pieslice([hb[0] - 0.004 * u, hb[1], hb[2] - 0.6 * head_r, hb[3] - 0.2 * head_r], 90, 270, fill=hair)
+                    if style == "long":
+                        d.rectangle([hb[0] - 0.006 * u, head_c[1], head_c[0] - 0.2 * head_r, sh_y + 0.1 * u], fill=hair)
+                else:
+                    d.chord([hb[0] - 0.004 * u, hb[1] - 0.005 * u, hb[2] + 0.004 * u, hb[3] - 0.5 * head_r], 180, 360,
+                            fill=hair)
+        if style == "bun":
+            r = 0.3 * head_r
+            bx = head_c[0] - (0.7 * head_r if side else 0)
+            d.ellipse([bx - r, hb[1] - 1.4 * r, bx + r, hb[1] + 0.6 * r], fill=hair)
+        head_pts = _rect(hb)
+        if ident["hat"] != "none":
+            pts = self._hat(hb)
+            self.parts["hat"] = pts
+            head_pts += pts
+        self.parts["head"] = head_pts
+
+    def _hat(self, hb: list[float]) -> list[tuple[float, float]]:
+        """A cap (with its brim from the side or the front) or a beanie; its corner points."""
+        ident, u, d, head_c, head_r = self.ident, self.u, self.d, self.head_c, self.head_r
+        hc = _rgba(ident["hat_color"])
+        if ident["hat"] != "cap":
             hat = [hb[0] - 0.008 * u, hb[1] - 0.03 * u, hb[2] + 0.008 * u, head_c[1] - 0.15 * head_r]
             d.rounded_rectangle(hat, radius=0.025 * u, fill=hc)
-            pts = _rect(hat)
-        parts["hat"] = pts
-        head_pts += pts
-    parts["head"] = head_pts
-    # ---- shading: rounder body (darker at the sides), a little darker towards the feet, fabric texture
-    arr = np.asarray(layer).astype(np.float32)
-    ys, xs = np.nonzero(arr[..., 3] > 0)
-    if len(xs):
+            return _rect(hat)
+        hat = [hb[0] - 0.004 * u, hb[1] - 0.008 * u, hb[2] + 0.004 * u, head_c[1] + 0.05 * head_r]
+        d.chord(hat, 180, 360, fill=hc)
+        pts = _rect(hat)
+        if self.side:
+            brim = [head_c[0], head_c[1] - 0.22 * head_r, hb[2] + 0.045 * u, head_c[1] + 0.05 * head_r]
+            d.rectangle(brim, fill=hc)
+            pts += _rect(brim)
+        elif self.pose.view == "front":
+            brim = [hb[0], head_c[1] - 0.2 * head_r, hb[2], head_c[1] + 0.12 * head_r]
+            d.ellipse(brim, fill=hc)
+            pts += _rect(brim)
+        return pts
+
+    def _shade(self) -> None:
+        """A rounder body (darker at the sides), a little darker towards the feet, fabric texture."""
+        arr = np.asarray(self.layer).astype(np.float32)
+        ys, xs = np.nonzero(arr[..., 3] > 0)
+        if not len(xs):
+            return
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         sub = arr[y0:y1, x0:x1, :3]
-        gx = (np.arange(x0, x1, dtype=np.float32) - cx) / max(1.0, 0.55 * sh_w + arm_w)
-        gy = (np.arange(y0, y1, dtype=np.float32) - top) / max(1.0, u)
+        gx = (np.arange(x0, x1, dtype=np.float32) - self.cx) / max(1.0, 0.55 * self.sh_w + self.arm_w)
+        gy = (np.arange(y0, y1, dtype=np.float32) - self.top) / max(1.0, self.u)
         shade = np.clip(1.06 - 0.22 * gx[None, :] ** 2, 0.72, 1.08) * (1.0 - 0.1 * np.clip(gy, 0, 1))[:, None]
         texture = 1 + 0.05 * np.sin(gy[:, None] * 90 + gx[None, :] * 7) * np.cos(gx[None, :] * 13)
         arr[y0:y1, x0:x1, :3] = np.clip(sub * (shade * texture)[..., None], 0, 255)
-        layer = Image.fromarray(arr.astype(np.uint8), "RGBA")
-    if pose.view == "left":
-        layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        parts = {k: [(W - x, y) for x, y in v] for k, v in parts.items()}
-    return layer, parts
+        self.layer = Image.fromarray(arr.astype(np.uint8), "RGBA")
+
+
+def _draw_person(ident: dict[str, Any], size: tuple[int, int], pose: _Pose) -> tuple[Image.Image, dict]:
+    """RGBA layer with the person (alpha = silhouette) and amodal part corner lists."""
+    return _Figure(ident, size, pose).draw()
 
 
 def _occluder(d: ImageDraw.ImageDraw, md: ImageDraw.ImageDraw, rng: np.random.Generator, W: int, H: int) -> None:

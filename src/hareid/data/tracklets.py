@@ -115,9 +115,10 @@ def parse_tracklets(root: str | os.PathLike, gap: float = 2.0, min_part: float =
             continue
         key = str(t["id"])
         cam = sources.setdefault(t["source"], len(sources))
-        paths = []
+        paths, masks = [], []
         for c in crops:
             p = root / c["file"]
+            masks.append(str(root / c["mask"]) if c.get("mask") else None)
             if not p.is_file():
                 raise DataError(f"{p}: crop listed in tracklets.json is missing; write the folder again "
                                 "with hareid tracklets")
@@ -125,7 +126,7 @@ def parse_tracklets(root: str | os.PathLike, gap: float = 2.0, min_part: float =
             crop_meta[str(p)] = {"tracklet": key, "frame": int(c["frame"]), "time": float(c["time"]),
                                  "box": c["box"], "source": t["source"]}
         tracklet_frames[key] = (t["source"], frozenset(int(c["frame"]) for c in crops))
-        train += [ImageRecord(p, k, cam, "train") for p in paths]
+        train += [ImageRecord(p, k, cam, "train", m) for p, m in zip(paths, masks)]
         pid = int(t["identity"]) if labelled else k + 1  # pids from 1: 0 stays "distractor"
         split = split_tracklet([c["time"] for c in crops], gap, min_part, part)
         if split is None:

@@ -5,19 +5,42 @@ Both accept a PIL image or a ``uint8`` tensor ``[3, H, W]`` and return a float t
 
 Train: resize -> random horizontal flip -> pad + random crop -> colour jitter -> to float ->
 normalise -> random erasing. Eval: resize -> to float -> normalise.
+
+Person masks travel with their images: call the train transform as ``tf(image, Mask(m))`` (a
+``torchvision.tv_tensors.Mask``) and every geometric step (resize with nearest neighbours, flip,
+pad with 0, crop) moves the mask exactly as the image, with the same random draws as without a
+mask; colour steps leave it alone; random erasing also clears the erased rectangle from the mask
+(the person is not visible there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_transforms"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RandomErasingWithMask", "build_transforms"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomErasingWithMask(v2.RandomErasing):
+    """``v2.RandomErasing`` that also sets the erased rectangle of a ``Mask`` to 0 (torchvision
+    passes masks through unchanged); images are erased exactly as by the parent class."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            if params["v"] is None:
+                return inpt
+            i, j, h, w = params["i"], params["j"], params["h"], params["w"]
+            out = inpt.as_subclass(torch.Tensor).clone()
+            out[..., i:i + h, j:j + w] = 0
+            return tv_tensors.wrap(out, like=inpt)
+        return super().transform(inpt, params)
 
 
 def build_transforms(
@@ -54,6 +77,6 @@ def build_transforms(
                                 v2.Normalize(mean=list(mean), std=list(std))]
     train += tail
     if erasing > 0:
-        train.append(v2.RandomErasing(p=erasing, value=0))
+        train.append(RandomErasingWithMask(p=erasing, value=0))
     evals = [v2.ToImage(), v2.Resize(size, antialias=True), *tail]
     return v2.Compose(train), v2.Compose(evals)

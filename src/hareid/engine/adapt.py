@@ -105,20 +105,23 @@ def split_overrides(items: Sequence[str]) -> tuple[list[str], AdaptOptions]:
 
 
 # ------------------------------------------------------------------------------------ the model
-def init_model(checkpoint: str | os.PathLike, num_classes: int) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+def init_model(checkpoint: str | os.PathLike, num_classes: int, ckpt: Mapping[str, Any] | None = None,
+               ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """The checkpoint's network with fresh classifiers for ``num_classes`` pseudo-identities and
     ``return_features=True``; returns ``(model, model_spec, info)``. Every weight but the
-    classifiers must load (CheckpointError naming the keys otherwise)."""
-    from hareid.api import load_model
+    classifiers must load (CheckpointError naming the keys otherwise). ``ckpt``: the checkpoint
+    already read (``load_checkpoint(checkpoint)``), so the file is not read again."""
     from hareid.checkpoint import load_checkpoint, strip_prefix
     from hareid.models import build_model
+    from hareid.models.loading import model_from_checkpoint
 
-    _, info = load_model(checkpoint)  # validates the file and the architecture; info: input size
+    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
+    _, info = model_from_checkpoint(ckpt, checkpoint)  # validates the file and the architecture
     spec = dict(info["model"])
     if spec.get("source") == "torchreid":
         from hareid.torchreid_compat import load_torchreid_hacnn
 
-        model = load_torchreid_hacnn(checkpoint, num_classes=num_classes)
+        model = load_torchreid_hacnn(ckpt, num_classes=num_classes)
         model.return_features = True
         spec = {"name": "hacnn", "num_classes": num_classes, "num_regions": model.num_regions,
                 "feature_dim": model.feature_dim, "local_branch": model.local_branch,
@@ -129,7 +132,7 @@ def init_model(checkpoint: str | os.PathLike, num_classes: int) -> tuple[torch.n
     spec.pop("num_classes", None)
     spec["return_features"] = True
     model = build_model(name, num_classes=num_classes, **spec)
-    state = strip_prefix(load_checkpoint(checkpoint)["state_dict"])
+    state = strip_prefix(ckpt["state_dict"])
     target = model.state_dict()
     fresh = {k for k in target if k.startswith("classifier")}
     bad = sorted(k for k in target if k not in fresh and (k not in state or state[k].shape != target[k].shape))
@@ -357,6 +360,105 @@ def _eval_fn(val: ReIDDataset | None, monitor: Any = None, log: list | None = No
     return run
 
 
+@dataclass
+class _PseudoIds:
+    """The training side of adaptation: one pseudo-identity per kept tracklet (or merged group)."""
+
+    kept: list[str]  # tracklet ids trained on
+    labels: np.ndarray  # (len(kept),) pseudo-identity of each
+    records: list[ImageRecord]  # their crops
+    times: list[float]  # per crop: seconds
+    rec_labels: list[int]  # per crop: pseudo-identity
+    cooccur: np.ndarray  # (num_ids, num_ids) bool: seen in the same frames (certainly different people)
+    spans: list[list[tuple[str, float, float]]]  # per identity: (source, first, last time) of its tracklets
+    merge: dict[str, Any]  # what adapt.merge did
+
+    @property
+    def num_ids(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+def _cfg_overrides(overrides: Sequence[str]) -> tuple[list[str], AdaptOptions]:
+    """Config overrides and adapt.* options; a 1-epoch run gets no warmup (the recipe's needs 2+)."""
+    cfg_overrides, opts = split_overrides(overrides)
+    epochs = [o.split("=", 1)[1] for o in cfg_overrides if o.startswith("train.epochs=")]
+    if epochs and epochs[-1].isdigit() and int(epochs[-1]) <= 1 and not any(
+            o.startswith("optim.warmup_epochs=") for o in cfg_overrides):
+        cfg_overrides.append("optim.warmup_epochs=0")
+    return cfg_overrides, opts
+
+
+def _pseudo_identities(meta: Mapping[str, Any], train_ids: list[str], root: Path, opts: AdaptOptions,
+                       source: torch.nn.Module, info: dict[str, Any]) -> _PseudoIds:
+    """Training records: one pseudo-identity per tracklet, or per group of tracklets merged by
+    clustering their embeddings under ``source`` (``adapt.merge``), never two seen at once."""
+    by_id = {str(t["id"]): t for t in meta["tracklets"]}
+    kept = [i for i in train_ids if len(by_id[i]["crops"]) >= opts.min_crops]
+    if len(kept) < 2:
+        raise DataError(f"{root}: only {len(kept)} training tracklets with >= {opts.min_crops} crops "
+                        f"before the held-out {100 * opts.holdout:.0f} %; use longer footage or adapt.holdout=0")
+    t_frames = [(by_id[i]["source"], frozenset(int(c["frame"]) for c in by_id[i]["crops"])) for i in kept]
+    co = _cooccur_matrix(t_frames)
+    labels = np.arange(len(kept))
+    merge_info: dict[str, Any] = {"enabled": opts.merge}
+    if opts.merge:
+        from hareid.footage.protocol import embed_crops
+
+        feats = []
+        for i in kept:
+            f = embed_crops(source, info, [str(root / c["file"]) for c in by_id[i]["crops"]]).mean(0)
+            feats.append(f / max(np.linalg.norm(f), 1e-12))
+        labels, thr = merge_tracklets(np.stack(feats), co, opts.merge_quantile)
+        groups = [[kept[j] for j in np.flatnonzero(labels == g)] for g in range(int(labels.max()) + 1)]
+        merge_info.update(threshold=thr, tracklets=len(kept), identities=len(groups),
+                          groups=[g for g in groups if len(g) > 1])  # to check by eye on the contact sheet
+    num_ids = int(labels.max()) + 1
+    records, times, rec_labels = [], [], []
+    cams = {name: k for k, name in enumerate(sorted({by_id[i]["source"] for i in kept}))}
+    for lab, i in zip(labels, kept):
+        for c in by_id[i]["crops"]:
+            mask = str(root / c["mask"]) if c.get("mask") else None  # foreground mask: the attention loss
+            records.append(ImageRecord(str(root / c["file"]), int(lab), cams[by_id[i]["source"]], "train", mask))
+            times.append(float(c["time"]))
+            rec_labels.append(int(lab))
+    id_co = np.zeros((num_ids, num_ids), bool)
+    for a in range(len(kept)):
+        for b in np.flatnonzero(co[a]):
+            id_co[labels[a], labels[b]] = True
+    spans: list[list[tuple[str, float, float]]] = [[] for _ in range(num_ids)]
+    for lab, i in zip(labels, kept):
+        ts = [c["time"] for c in by_id[i]["crops"]]
+        spans[lab].append((by_id[i]["source"], min(ts), max(ts)))
+    return _PseudoIds(kept, labels, records, times, rec_labels, id_co, spans, merge_info)
+
+
+def _loaders(cfg: Any, ids: _PseudoIds, val: ReIDDataset | None, opts: AdaptOptions, info: dict[str, Any],
+             ) -> tuple[DataLoader, Any, Any]:
+    """``(train, query, gallery)`` loaders: TrackletSampler batches; the held-out footage (or None)."""
+    from hareid.data.loader import ImageDataset, worker_options
+    from hareid.data.transforms import build_transforms
+    from hareid.engine.trainer import use_masks
+
+    d = cfg.data
+    norm = {k: info[k] for k in ("mean", "std") if info.get(k)}  # the model's own normalisation
+    train_tf, eval_tf = build_transforms(d.height, d.width, flip=d.flip, pad=d.pad, erasing=d.erasing,
+                                         color_jitter=d.color_jitter, **norm)
+    sampler = TrackletSampler(ids.rec_labels, ids.times, ids.cooccur, ids.spans, d.batch_size, d.num_instances,
+                              seed=cfg.train.seed, mode=opts.sampler, spread=opts.spread,
+                              num_batches=opts.iters_per_epoch)
+    common: dict[str, Any] = {"persistent_workers": d.workers > 0, **worker_options(d.workers)}
+    dataset = ReIDDataset("tracklets", Path(cfg.data.root), ids.records, [], [])
+    masks = use_masks(cfg.loss.attn_weight, dataset)  # the footage's foreground masks teach attention
+    train_loader = DataLoader(ImageDataset(ids.records, train_tf, masks=masks), batch_size=sampler.p * sampler.k,
+                              sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(cfg.train.seed), **common)
+    if val is None:
+        return train_loader, None, None
+    q_loader = DataLoader(ImageDataset(val.query, eval_tf), batch_size=d.test_batch_size, **common)
+    g_loader = DataLoader(ImageDataset(val.gallery, eval_tf), batch_size=d.test_batch_size, **common)
+    return train_loader, q_loader, g_loader
+
+
 def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], out: str | os.PathLike,
           overrides: Sequence[str] = (), extract_cfg: Any = None, progress: bool = True,
           overwrite: bool = False, monitor: Any = None) -> dict[str, Any]:
@@ -365,26 +467,25 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
 
     ``monitor(model) -> dict``: called before training and after every epoch, its results kept in
     ``adapt.json`` (``"monitor"``); for benchmarks that track a test score. It never picks the epoch.
+
+    Steps: read the checkpoint (once), make the tracklets, split them in time, pseudo-identities,
+    the model with fresh classifiers, loaders, the score before training, train, record.
     """
+    from hareid.checkpoint import load_checkpoint
     from hareid.config import load_config
-    from hareid.data.loader import ImageDataset
     from hareid.data.tracklets import load_tracklets_meta
-    from hareid.data.transforms import build_transforms
     from hareid.engine.trainer import Trainer
     from hareid.footage.extract import prepare_output
+    from hareid.models.loading import model_from_checkpoint
+    from hareid.models.weights import load_init_weights
 
     tic = time.perf_counter()
-    cfg_overrides, opts = split_overrides(overrides)
-    epochs = [o.split("=", 1)[1] for o in cfg_overrides if o.startswith("train.epochs=")]
-    if epochs and epochs[-1].isdigit() and int(epochs[-1]) <= 1 and not any(
-            o.startswith("optim.warmup_epochs=") for o in cfg_overrides):
-        cfg_overrides.append("optim.warmup_epochs=0")  # the recipe's 1-epoch warmup needs 2+ epochs
+    cfg_overrides, opts = _cfg_overrides(overrides)
     run = prepare_output(out, overwrite)
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint not found; pass a hareid or torchreid HACNN .pt file")
-    from hareid.api import load_model
-
-    _, info = load_model(checkpoint)  # fail early on a foreign checkpoint, before any footage work
+    ckpt = load_checkpoint(checkpoint)  # the one read of the checkpoint; passed on from here
+    source, info = model_from_checkpoint(ckpt, checkpoint)  # fail early on a foreign checkpoint
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
@@ -401,96 +502,42 @@ def adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], o
     if cfg.data.name != "tracklets":
         raise ConfigError(f"data.name={cfg.data.name}: adaptation reads tracklets; leave data.name alone")
     train_ids, val_ids, straddle = time_split(meta, opts.holdout)
-
-    # training records: one pseudo-identity per tracklet (or per merged group)
-    by_id = {str(t["id"]): t for t in meta["tracklets"]}
-    kept = [i for i in train_ids if len(by_id[i]["crops"]) >= opts.min_crops]
-    if len(kept) < 2:
-        raise DataError(f"{root}: only {len(kept)} training tracklets with >= {opts.min_crops} crops "
-                        f"before the held-out {100 * opts.holdout:.0f} %; use longer footage or adapt.holdout=0")
-    t_frames = [(by_id[i]["source"], frozenset(int(c["frame"]) for c in by_id[i]["crops"])) for i in kept]
-    co = _cooccur_matrix(t_frames)
-    labels = np.arange(len(kept))
-    merge_info: dict[str, Any] = {"enabled": opts.merge}
-    if opts.merge:
-        from hareid.footage.protocol import embed_crops
-
-        model0, info0 = load_model(checkpoint)
-        feats = []
-        for i in kept:
-            f = embed_crops(model0, info0, [str(root / c["file"]) for c in by_id[i]["crops"]]).mean(0)
-            feats.append(f / max(np.linalg.norm(f), 1e-12))
-        labels, thr = merge_tracklets(np.stack(feats), co, opts.merge_quantile)
-        groups = [[kept[j] for j in np.flatnonzero(labels == g)] for g in range(int(labels.max()) + 1)]
-        merge_info.update(threshold=thr, tracklets=len(kept), identities=len(groups),
-                          groups=[g for g in groups if len(g) > 1])  # to check by eye on the contact sheet
-        del model0
-    num_ids = int(labels.max()) + 1
-    records, times, rec_labels = [], [], []
-    cams = {name: k for k, name in enumerate(sorted({by_id[i]["source"] for i in kept}))}
-    for lab, i in zip(labels, kept):
-        for c in by_id[i]["crops"]:
-            records.append(ImageRecord(str(root / c["file"]), int(lab), cams[by_id[i]["source"]], "train"))
-            times.append(float(c["time"]))
-            rec_labels.append(int(lab))
-    id_co = np.zeros((num_ids, num_ids), bool)
-    for a in range(len(kept)):
-        for b in np.flatnonzero(co[a]):
-            id_co[labels[a], labels[b]] = True
-    spans: list[list[tuple[str, float, float]]] = [[] for _ in range(num_ids)]
-    for lab, i in zip(labels, kept):
-        ts = [c["time"] for c in by_id[i]["crops"]]
-        spans[lab].append((by_id[i]["source"], min(ts), max(ts)))
-
+    ids = _pseudo_identities(meta, train_ids, root, opts, source, info)
+    del source
     val = _validation(root, val_ids, opts.val_gap)
-    model, spec, _ = init_model(checkpoint, num_ids)
-    d = cfg.data
-    norm = {k: info[k] for k in ("mean", "std") if info.get(k)}  # the model's own normalisation
-    train_tf, eval_tf = build_transforms(d.height, d.width, flip=d.flip, pad=d.pad, erasing=d.erasing,
-                                         color_jitter=d.color_jitter, **norm)
-    sampler = TrackletSampler(rec_labels, times, id_co, spans, d.batch_size, d.num_instances,
-                              seed=cfg.train.seed, mode=opts.sampler, spread=opts.spread,
-                              num_batches=opts.iters_per_epoch)
-    from hareid.data.loader import worker_options
-
-    common: dict[str, Any] = {"persistent_workers": d.workers > 0, **worker_options(d.workers)}
-    train_loader = DataLoader(ImageDataset(records, train_tf), batch_size=sampler.p * sampler.k,
-                              sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(cfg.train.seed), **common)
-    q_loader = g_loader = None
+    model, spec, _ = init_model(checkpoint, ids.num_ids, ckpt)
+    init_report = load_init_weights(model, Path(checkpoint).resolve(), ckpt)  # RUN/init.json, no new read
+    train_loader, q_loader, g_loader = _loaders(cfg, ids, val, opts, info)
     eval_fn = None
     epoch0: dict[str, Any] | None = None
     log: list[dict[str, Any]] = []
     if val is not None or monitor is not None:
-        if val is not None:
-            q_loader = DataLoader(ImageDataset(val.query, eval_tf), batch_size=d.test_batch_size, **common)
-            g_loader = DataLoader(ImageDataset(val.gallery, eval_tf), batch_size=d.test_batch_size, **common)
-        else:  # the Trainer evaluates only with loaders; these are never read
-            q_loader = g_loader = []  # type: ignore[assignment]
+        if val is None:  # the Trainer evaluates only with loaders; these are never read
+            q_loader = g_loader = []
         eval_fn = _eval_fn(val, monitor, log)
         model.eval()
         epoch0 = eval_fn(model, q_loader, g_loader) or None
         model.train()
-    dataset = ReIDDataset("tracklets", root, records, list(val.query) if val else [],
+    dataset = ReIDDataset("tracklets", root, ids.records, list(val.query) if val else [],
                           list(val.gallery) if val else [])
-    print(f"[hareid] adapt: {len(kept)} training tracklets -> {num_ids} pseudo-identities, "
-          f"{len(records)} crops; {len(val_ids)} held-out tracklets "
+    print(f"[hareid] adapt: {len(ids.kept)} training tracklets -> {ids.num_ids} pseudo-identities, "
+          f"{len(ids.records)} crops; {len(val_ids)} held-out tracklets "
           f"({'validation: ' + str(len(val.query)) + ' queries' if val else 'no validation: best = last epoch'})"
           + (f"; before adaptation: Rank-1 {100 * epoch0['rank1']:.1f}% mAP {100 * epoch0['mAP']:.1f}%" if epoch0 else ""),
           file=sys.stderr)
-    # model.init records where the weights came from (RUN/init.json); the Trainer's non-strict load
-    # gives the same weights as init_model (classifiers are skipped: their shapes differ)
+    # model.init records where the weights came from (RUN/init.json): init_report, made above
     trainer = Trainer(cfg, model=model, dataset=dataset, loaders=(train_loader, q_loader, g_loader),
-                      eval_fn=eval_fn, num_classes=num_ids, model_spec=spec, overwrite=overwrite)
+                      eval_fn=eval_fn, num_classes=ids.num_ids, model_spec=spec, overwrite=overwrite,
+                      init_report=init_report)
     result = trainer.fit()
     best = run / "checkpoints" / "best.pt"
     if not best.is_file() and (run / "checkpoints" / "last.pt").is_file():
         shutil.copyfile(run / "checkpoints" / "last.pt", best)  # no validation: the last epoch
     record = {
         "checkpoint": str(checkpoint), "footage": [str(f) for f in footage], "tracklets": str(root),
-        "options": dataclasses.asdict(opts), "train_tracklets": len(kept),
+        "options": dataclasses.asdict(opts), "train_tracklets": len(ids.kept),
         "held_out_tracklets": len(val_ids), "straddling_dropped": straddle,
-        "pseudo_identities": num_ids, "train_crops": len(records), "merge": merge_info,
+        "pseudo_identities": ids.num_ids, "train_crops": len(ids.records), "merge": ids.merge,
         "validation_queries": len(val.query) if val else 0, "epoch0": epoch0, "monitor": log,
         "best": result.get("best") or {"epoch": result.get("epoch"), "metric": "last epoch"},
         "seconds": {"tracklets": round(t_extract, 1), "total": round(time.perf_counter() - tic, 1)},

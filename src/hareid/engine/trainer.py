@@ -82,6 +82,20 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def use_masks(attn_weight: float, dataset: Any, say: bool = True) -> bool:
+    """Whether training batches should carry person masks: the attention loss is on and every
+    training image of ``dataset`` has one; otherwise the run trains without the term and (``say``)
+    says so once."""
+    if attn_weight <= 0:
+        return False
+    if getattr(dataset, "has_masks", False):
+        return True
+    if say:
+        print(f"[hareid] {getattr(dataset, 'name', 'this dataset')} has no person masks: training "
+              "without the attention loss (loss.attn_weight ignored)", flush=True)
+    return False
+
+
 class Trainer:
     """Train ``cfg.model`` on ``cfg.data``; everything may be injected for tests or embedding.
 
@@ -100,6 +114,9 @@ class Trainer:
             batch, iteration, loss, lr.
         overwrite: start a new run in a folder that holds another run (its files are kept until
             this run saves its first checkpoint).
+        init_report: what ``model.init`` already loaded into ``model`` (an
+            :class:`~hareid.models.weights.InitReport`, from a caller that read the file once):
+            recorded in ``init.json`` and not loaded again.
     """
 
     def __init__(
@@ -113,8 +130,10 @@ class Trainer:
         model_spec: Mapping[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
         overwrite: bool = False,
+        init_report: Any = None,
     ) -> None:
         self.cfg = cfg
+        self._init_in = init_report
         self._model_in, self.dataset, self._loaders_in = model, dataset, loaders
         self._eval_fn = eval_fn
         self._num_classes = num_classes
@@ -152,9 +171,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self._build_data()
         self.loss_fn = ReIDLoss(cfg.loss.ce_weight, cfg.loss.label_smooth, cfg.loss.triplet_weight,
-                                cfg.loss.margin)
+                                cfg.loss.margin, cfg.loss.attn_weight, cfg.loss.attn_form)
+        self._build_data()
         self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.iters_per_epoch = len(self.train_loader)
@@ -186,16 +205,23 @@ class Trainer:
             if self.dataset is None:
                 self.dataset = build_dataset(d.name, d.root, verbose=self.dist.is_main, **d.options)
             entry = model_entry(cfg.model.name)
+            masks = self._use_masks(self.dataset)
             self.train_loader, self.query_loader, self.gallery_loader = build_loaders(
                 self.dataset, height=d.height, width=d.width, batch_size=d.batch_size // world,
                 num_instances=d.num_instances, workers=d.workers, test_batch_size=d.test_batch_size,
                 seed=cfg.train.seed, rank=self.dist.rank, world_size=world,
                 skip_bad_images=d.skip_bad_images, flip=d.flip, pad=d.pad, erasing=d.erasing,
-                color_jitter=d.color_jitter, mean=entry.mean, std=entry.std, **d.loader_options,
+                color_jitter=d.color_jitter, mean=entry.mean, std=entry.std, masks=masks, **d.loader_options,
             )
             self._check_evaluable()
         if self.train_loader is None:
             raise ConfigError("no training loader: pass loaders=(train, query, gallery) or a dataset")
+
+    def _use_masks(self, dataset: Any) -> bool:
+        masks = use_masks(self.cfg.loss.attn_weight, dataset, self.is_main)
+        if not masks:
+            self.loss_fn.attn_weight = 0.0
+        return masks
 
     def _check_evaluable(self) -> None:
         """Refuse, before training, a query/gallery split on which no query can be scored."""
@@ -234,11 +260,21 @@ class Trainer:
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"model.{cfg.model.name}: {str(e).splitlines()[0]}") from e
             spec = {"name": cfg.model.name, "num_classes": num_classes, **kwargs}
-        if cfg.model.init:
+        if cfg.model.init and self._init_in is not None:
+            self.init_report = self._init_in  # the caller loaded model.init into `model` already
+        elif cfg.model.init:
             from hareid.models.weights import load_init_weights
 
             self.init_report = load_init_weights(model, cfg.model.init)
         self.model_spec = spec
+        if self.loss_fn.needs_attention:
+            if not hasattr(model, "return_attention"):
+                raise ConfigError(f"loss.attn_weight > 0 needs a model with soft attention masks; "
+                                  f"{type(model).__name__} has none; set loss.attn_weight=0")
+            if not getattr(model, "soft_attn", True):
+                raise ConfigError("loss.attn_weight > 0 teaches the soft masks, but soft attention is off "
+                                  "(model.soft_attn=false); turn one of them on or the other off")
+            model.return_attention = True
         model = model.to(self.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -445,16 +481,20 @@ class Trainer:
             f"training stopped, {kept}; lower optim.lr, set train.grad_clip, or use train.amp=none"
         )
 
-    def _step(self, images: torch.Tensor, pids: Any, epoch: int, batch: int) -> tuple[float, int, int, bool]:
-        """One optimiser step; returns ``(loss, correct, batch size, stop requested on any rank)``."""
+    def _step(self, images: torch.Tensor, pids: Any, epoch: int, batch: int,
+              person: torch.Tensor | None = None) -> tuple[float, int, int, bool]:
+        """One optimiser step (``person``: the batch's person masks, for the attention loss); returns
+        ``(loss, correct, batch size, stop requested on any rank)``."""
         t = self.cfg.train
         images = images.to(self.device, non_blocking=True)
         if t.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = torch.as_tensor(pids).to(self.device, non_blocking=True)
+        if person is not None:
+            person = person.to(self.device, non_blocking=True)
         with self._autocast():
             outputs = self.train_model(images)
-        loss, _parts = self.loss_fn(outputs, targets)
+        loss, _parts = self.loss_fn(outputs, targets, person if self.loss_fn.needs_attention else None)
         logits = _first_logits(outputs)
         correct = int((logits.argmax(1) == targets).sum()) if logits is not None else 0
         loss_val, stop = float(loss.detach()), self._stop_requested
@@ -499,7 +539,8 @@ class Trainer:
                 batch = next(it, None)
                 if batch is None:
                     break
-                loss_val, correct, bs, stop = self._step(batch[0], batch[1], epoch, b)
+                person = batch[4] if len(batch) > 4 else None  # masks=True loaders
+                loss_val, correct, bs, stop = self._step(batch[0], batch[1], epoch, b, person)
                 stats["loss_sum"] += loss_val * bs
                 stats["correct"] += correct
                 stats["seen"] += bs

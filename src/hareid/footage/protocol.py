@@ -258,14 +258,17 @@ def protocol_stats(ds: ReIDDataset) -> dict[str, float]:
 
 
 def _load(spec: Any) -> tuple[str, Any]:
-    """``"hist"``, ``"random"``, a checkpoint path, or a ready ``(model, info)`` pair."""
+    """``"hist"``, ``"random"``, a checkpoint path, a ready ``(model, info)`` pair, or a function
+    ``paths -> (N, D) features`` (another embedder, e.g. a tracker's stock one)."""
     if isinstance(spec, tuple):
         return "model", spec
+    if callable(spec):
+        return "fn", spec
     if spec in ("hist", "histogram"):
-        return "hist", None
+        return "fn", colour_histogram
     if spec == "random":
         return "model", random_hacnn()
-    from hareid.api import load_model
+    from hareid.models.loading import load_model
 
     return "model", load_model(spec)
 
@@ -273,8 +276,8 @@ def _load(spec: Any) -> tuple[str, Any]:
 def evaluate_footage(root: PathLike | ReIDDataset, models: Mapping[str, Any],
                      variants: Sequence[str] = VARIANTS, gap: float = 2.0, bootstrap: int = 1000,
                      seed: int = 0, progress: bool = True) -> list[FootageResult]:
-    """Every model of ``models`` (name -> ``"hist"``, ``"random"``, checkpoint path, or ``(model,
-    info)``) on a tracklets folder under each protocol variant."""
+    """Every model of ``models`` (name -> ``"hist"``, ``"random"``, checkpoint path, ``(model,
+    info)`` or a function ``paths -> features``) on a tracklets folder under each protocol variant."""
     from hareid.data import build_dataset
 
     ds = root if isinstance(root, ReIDDataset) else build_dataset("tracklets", root, verbose=False, gap=gap)
@@ -282,8 +285,8 @@ def evaluate_footage(root: PathLike | ReIDDataset, models: Mapping[str, Any],
     rows = []
     for name, spec in progress_bar(list(models.items()), desc="models", enabled=progress, leave=False):
         kind, loaded = _load(spec)
-        if kind == "hist":
-            qf, gf = colour_histogram(q_paths), colour_histogram(g_paths)
+        if kind == "fn":
+            qf, gf = loaded(q_paths), loaded(g_paths)
         else:
             model, info = loaded
             qf, gf = embed_crops(model, info, q_paths), embed_crops(model, info, g_paths)

@@ -83,8 +83,7 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
     - any other folder: every image below it; camera = the first sub-folder (``ROOT/cam1/x.jpg``),
       time = the file's modification time (unix seconds), source = ``"folder"``.
     """
-    from hareid.api import _dataset, list_images
-    from hareid.data import detect_dataset
+    from hareid.data import detect_dataset, list_images, open_dataset
 
     root_p = Path(root)
     if meta is not None:
@@ -102,7 +101,7 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
             cam = rel.parts[0] if len(rel.parts) > 1 else ""
             recs.append(GalleryRecord(str(Path(p).resolve()), cam, os.path.getmtime(p), "folder"))
     else:
-        records = getattr(_dataset(root_p, dataset), split)
+        records = getattr(open_dataset(root_p, dataset), split)
         recs = [GalleryRecord(str(Path(r.path).resolve()), str(r.camid), _frame_time(r.path), split,
                               int(r.pid)) for r in records]
     recs.sort(key=lambda r: r.path)

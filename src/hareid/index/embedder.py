@@ -44,7 +44,7 @@ class ModelEmbedder:
 
 def load_embedder(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> ModelEmbedder:
     """The embedder of a checkpoint; ``device`` defaults to CUDA when available, else the CPU."""
-    from hareid.api import load_model
+    from hareid.models.loading import load_model
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

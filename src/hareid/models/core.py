@@ -29,8 +29,16 @@ with :func:`hareid.blocks.channels_last_grad`, and the soft mask is built channe
 backward or gradient sum sees mixed layouts (PyTorch's strided fallback for those is ~5-20x slower;
 ``tests/test_models.py::test_train_gradients_stay_channels_last`` guards this).
 
+Inference (:func:`hareid.inference.optimize_for_inference`): ``_run`` is the ONLY wiring of the
+network. The inference form is this same class with its parts swapped by
+:func:`hareid.blocks.fuse_blocks` for their ``fuse()`` forms (ConvBlocks -> convolutions with folded
+BN and a ReLU post-op, the attention -> :class:`hareid.attention.FusedHarmAttn`, the sampler ->
+:class:`hareid.attention.StripeSampler`, :class:`GlobalPool` -> a float32 pool, the heads ->
+float32 ``Linear`` with BN folded).
+
 Output contract (docs/architecture.md): ``train()`` -> ``{"logits": [global, local], "features":
-[global, local]}`` (features only with ``return_features=True``); ``eval()`` -> float32 embedding
+[global, local], "soft": [per stage]}`` (features only with ``return_features=True``, the soft masks
+only with ``return_attention = True``, for the attention loss); ``eval()`` -> float32 embedding
 ``(B, embed_dim)``: each branch L2-normalised, concatenated.
 """
 
@@ -42,19 +50,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from hareid.attention import (
     REGION_SAMPLING_MODES,
     SOFT_MASKS,
     HarmAttn,
-    sample_regions,
+    RegionSampler,
     stripe_centres,
-    translations_to_theta,
 )
 from hareid.blocks import channels_last_grad
 
-__all__ = ["REGION_SAMPLING_MODES", "HarmNet", "halve"]
-
+__all__ = ["REGION_SAMPLING_MODES", "EmbeddingHead", "GlobalPool", "HarmNet", "halve"]
 
 
 def halve(n: int, times: int = 1) -> int:
@@ -67,6 +74,44 @@ def halve(n: int, times: int = 1) -> int:
 def min_side(halvings: int) -> int:
     """Smallest side that ``halvings`` stride-2 layers each shrink (``n -> ceil(n/2)``, ``n > 1``)."""
     return 2 ** (halvings - 1) + 1
+
+
+class GlobalPool(nn.Module):
+    """Global average pool ``(B, C, H, W) -> (B, C)``; ``float32=True`` accumulates and returns float32.
+
+    Training form: the mean of :func:`~hareid.blocks.channels_last_grad` (the mean's gradient is NCHW);
+    :meth:`fuse` gives the inference form, a float32 pool of the run-dtype map.
+    """
+
+    def __init__(self, float32: bool = False) -> None:
+        super().__init__()
+        self.float32 = float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float32:
+            return x.mean(dim=(2, 3), dtype=torch.float32)
+        return channels_last_grad(x).mean(dim=(2, 3))
+
+    def fuse(self, dtype: torch.dtype = torch.float32) -> GlobalPool:
+        return GlobalPool(float32=True)
+
+
+class EmbeddingHead(nn.Sequential):
+    """``Linear(in_f, out_f) -> BatchNorm1d -> ReLU``: ``(B, in_f) -> (B, out_f)``, a branch's feature.
+
+    A ``nn.Sequential`` (children ``0, 1, 2``: state_dict keys as torchreid's ``fc``). :meth:`fuse`
+    gives the inference form: BatchNorm folded into the Linear, float32 (the heads are tiny).
+    """
+
+    def __init__(self, in_f: int, out_f: int) -> None:
+        super().__init__(nn.Linear(in_f, out_f), nn.BatchNorm1d(out_f), nn.ReLU())
+
+    def fuse(self, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+        linear, bn, act = self
+        with torch.no_grad():
+            if isinstance(bn, nn.BatchNorm1d):
+                linear = fuse_linear_bn_eval(linear.eval(), bn.eval())
+        return nn.Sequential(linear, act).float()
 
 
 class HarmNet(nn.Module):
@@ -150,19 +195,21 @@ class HarmNet(nn.Module):
                      soft_mask=soft_mask)
             for s in range(3)
         )
-        self.fc_global = nn.Sequential(nn.Linear(channels[3], feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU())
+        self.fc_global = EmbeddingHead(channels[3], feature_dim)
         self.classifier_global = nn.Linear(feature_dim, num_classes)
         if local_branch:
             if local_stages is None or len(local_stages) != 3:
                 raise ValueError("local_branch=True needs three local stages")
             self.local = nn.ModuleList(local_stages)
-            self.fc_local = nn.Sequential(
-                nn.Linear(num_regions * channels[3], feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU()
-            )
+            self.fc_local = EmbeddingHead(num_regions * channels[3], feature_dim)
             self.classifier_local = nn.Linear(feature_dim, num_classes)
+        self.pool = GlobalPool()
+        self.sampler = RegionSampler()
         centres = torch.tensor([[0.0, c] for c in stripe_centres(num_regions)])  # (T, 2) fixed stripes
         self.register_buffer("stripes", centres, persistent=False)
         self.embed_dim = feature_dim * (2 if local_branch else 1)
+        #: train mode also returns the soft masks ``"soft": [(B, C_s | 1, H_s, W_s)]`` (attention loss)
+        self.return_attention = False
 
     # ----------------------------------------------------------------------------- input sizes
     def region_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
@@ -223,7 +270,7 @@ class HarmNet(nn.Module):
         local = None
         for s in range(3):
             y = self.stages[s](src)  # (B, C_s, H_s, W_s)
-            mask, t = self.attn[s](y)  # (B, C_s, H_s, W_s), (B, T, 2)
+            attended, mask, t = self.attn[s].attend(y)  # y * mask, (B, C_s | 1, H_s, W_s), (B, T, 2)
             sample_here = self.local_branch and (s == 0 or self.cross_attn)
             if t is None and sample_here:
                 t = self.stripes.expand(b, -1, -1)  # fixed stripes (hard_attn=False)
@@ -234,20 +281,22 @@ class HarmNet(nn.Module):
                     record["translations"].append(t)
             if self.local_branch:
                 if sample_here:
-                    theta = translations_to_theta(t, 1.0 / self.num_regions)  # (B, T, 2, 3)
-                    regions = sample_regions(src, theta, sizes[s], self.region_sampling)  # (B*T, C_{s-1}, h_s, w_s)
+                    regions = self.sampler(src, t, sizes[s], self.region_sampling)  # (B*T, C_{s-1}, h_s, w_s)
                     local = regions if local is None else local + regions
                 local = self.local[s](local)  # (B*T, C_s, h_{s+1}, w_{s+1})
-            src = y * mask if mask is not None else y  # attended output = input of the next stage
-        g = self.fc_global(channels_last_grad(src).mean(dim=(2, 3)))  # (B, D); mean's grad is NCHW
+            src = attended  # the input of the next stage
+        g = self.fc_global(self.pool(src))  # (B, D)
         if not self.local_branch:
             return g, None
-        pooled = channels_last_grad(local).mean(dim=(2, 3)).reshape(b, -1)  # (B*T, C3) -> (B, T*C3), image-major
+        pooled = self.pool(local).reshape(b, -1)  # (B*T, C3) -> (B, T*C3), image-major
         return g, self.fc_local(pooled)  # (B, D), (B, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, list[torch.Tensor]]:
         """``(B, 3, H, W)`` -> train: ``{"logits": [...], ["features": [...]]}``; eval: ``(B, embed_dim)``."""
-        g, loc = self._run(x)
+        record: dict[str, list[torch.Tensor]] | None = None
+        if self.training and self.return_attention:
+            record = {"soft": [], "translations": []}
+        g, loc = self._run(x, record)
         feats = [g] if loc is None else [g, loc]
         if not self.training:
             embs = [F.normalize(f.float(), dim=1) for f in feats]  # per-branch unit norm, float32
@@ -258,6 +307,8 @@ class HarmNet(nn.Module):
         out: dict[str, list[torch.Tensor]] = {"logits": logits}
         if self.return_features:
             out["features"] = feats
+        if record is not None:
+            out["soft"] = record["soft"]
         return out
 
     def forward_attention(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:

@@ -90,8 +90,7 @@ def _rename(sd: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dic
     return out
 
 
-def _source_state_dict(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
-    ckpt = load_checkpoint(path)
+def _source_state_dict(ckpt: Mapping[str, Any], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
     sd = ckpt.get("state_dict", ckpt.get("model") if isinstance(ckpt.get("model"), Mapping) and
                   any(isinstance(v, torch.Tensor) for v in ckpt["model"].values()) else None)
     if not isinstance(sd, Mapping) or not sd:
@@ -107,10 +106,11 @@ def _source_state_dict(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
     return "hareid", sd
 
 
-def load_init_weights(model: nn.Module, path: str | os.PathLike) -> InitReport:
-    """Copy the matching tensors of the file at ``path`` into ``model`` (in place); see the module doc."""
+def load_init_weights(model: nn.Module, path: str | os.PathLike, ckpt: Mapping[str, Any] | None = None) -> InitReport:
+    """Copy the matching tensors of the file at ``path`` into ``model`` (in place); see the module doc.
+    ``ckpt``: the file already read (``load_checkpoint(path)``), so it is not parsed again."""
     path = Path(path)
-    source, sd = _source_state_dict(path)
+    source, sd = _source_state_dict(load_checkpoint(path) if ckpt is None else ckpt, path)
     target = model.state_dict()
     report = InitReport(str(path), sha256_of(path), source)
     fit: dict[str, torch.Tensor] = {}

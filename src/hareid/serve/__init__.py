@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hareid.serve.app import Gallery, create_app, open_gallery
+from hareid.serve.app import create_app
+from hareid.serve.gallery import Gallery, open_gallery
 from hareid.serve.limits import Limits, UploadError
 
 __all__ = ["Gallery", "Limits", "UploadError", "build_app", "check", "create_app", "open_gallery",
