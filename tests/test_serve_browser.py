@@ -226,3 +226,113 @@ def test_add_an_image_from_the_page(server, driver, tiny: Tiny) -> None:
         });""", f"/gallery/{target.id}/image", "dropped.jpg")
     wait_render(d, before)
     assert cards(d)[0]["id"] == target.id and cards(d)[0]["distance"] < 1e-4
+
+
+# --------------------------------------------------------------------------- people from footage
+@pytest.fixture(scope="module")
+def people_server(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("cv2")
+    from _people import build_people, people_app
+
+    people = build_people(tiny, tmp_path_factory.mktemp("people"))
+    live = LiveServer(people_app(tiny, people, tmp_path_factory.mktemp("people-uploads")))
+    live.people = people
+    yield live
+    live.stop()
+
+
+def group_cards(d) -> list[dict]:
+    return d.execute_script("""
+        return [...document.querySelectorAll('#results .card')].map(c => ({
+          id: Number(c.dataset.id), camera: c.dataset.camera, tracklet: c.dataset.tracklet,
+          count: Number(c.dataset.count), rank: Number(c.dataset.rank),
+          tmin: c.dataset.tmin === '' ? null : Number(c.dataset.tmin),
+          tmax: c.dataset.tmax === '' ? null : Number(c.dataset.tmax)}));""")
+
+
+def timeline(d) -> dict[str, list[float]]:
+    return d.execute_script("""
+        const out = {};
+        for (const svg of document.querySelectorAll('#timeline svg'))
+          out[svg.dataset.camera] = [...svg.querySelectorAll('line.tick')].map(t => Number(t.dataset.time));
+        return out;""")
+
+
+def test_people_grouped_with_timeline_filters_and_footage(people_server, driver, tiny: Tiny) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from hareid.index import Filter
+
+    d, people = driver, people_server.people
+    index = people_server.server.config.app.state.gallery.index
+    d.get(people_server.url + "/")
+    WebDriverWait(d, 60).until(lambda d: d.find_element("tag name", "body").get_attribute("data-state") == "idle")
+    assert d.find_element("id", "group").is_selected()  # the gallery holds tracklets
+    assert [b.get_attribute("value") for b in d.find_elements("css selector", "#cameras input")] == [
+        "archive", "east", "west"]  # the index's real camera names
+    assert d.find_element("id", "dtmin").is_displayed() and not d.find_element("id", "tmin").is_displayed()
+
+    # 1. a query crop: one card per person, as the library groups them, and the timeline
+    j = 7
+    before = renders(d)
+    d.find_element("id", "file").send_keys(people.meta[j]["path"])
+    wait_render(d, before)
+    got = group_cards(d)
+    vec = embedder_for(tiny).embed([people.meta[j]["path"]])
+    ref = index.search_groups(vec, k=24, depth=500)[0].groups
+    assert [c["id"] for c in got] == [g.best.id for g in ref] and len(got) == 12
+    assert [c["count"] for c in got] == [g.count for g in ref]
+    assert [(c["tmin"], c["tmax"]) for c in got] == [g.time_span for g in ref]
+    named = [c["tracklet"] for c in got if c["tracklet"]]
+    assert len(named) == len(set(named)) == 9  # each tracklet once; plain images alone
+    want: dict[str, list[float]] = {}
+    for g in ref:
+        for it in g.items:
+            if it.time is not None:
+                want.setdefault(it.camera, []).append(it.time)
+    lanes = timeline(d)
+    assert {c: sorted(v) for c, v in lanes.items()} == {c: sorted(v) for c, v in want.items()}
+    assert d.find_element("id", "timeline").is_displayed()
+    WebDriverWait(d, 60).until(lambda d: all(loaded(d, "#results img.photo")))
+    shot(d, "5_people_grouped")
+
+    # 2. one camera, a wall-clock window (datetime inputs in the browser's time zone)
+    for box in d.find_elements("css selector", "#cameras input"):
+        if box.get_attribute("value") != "west":
+            box.click()
+    lo, hi = people.meta[0]["time"] + 62, people.meta[0]["time"] + 65
+    d.execute_script("document.getElementById('dtmin').value = toLocalInput(arguments[0]);"
+                     "document.getElementById('dtmax').value = toLocalInput(arguments[1]);", lo, hi)
+    before = renders(d)
+    d.find_element("id", "apply").click()
+    wait_render(d, before)
+    got = group_cards(d)
+    ref = index.search_groups(vec, k=24, depth=500,
+                              filter=Filter(cameras=["west"], time_min=lo, time_max=hi))[0].groups
+    assert [c["id"] for c in got] == [g.best.id for g in ref]
+    assert {c["tracklet"] for c in got} == {"west/A", "west/B"}
+    assert all(c["camera"] == "west" and lo <= c["tmin"] <= c["tmax"] <= hi for c in got)
+    assert list(timeline(d)) == ["west"]
+    shot(d, "6_people_filtered")
+
+    # 3. a person's card: the footage view (frame with the box, frames around) and its crops
+    first = got[0]
+    d.find_elements("css selector", "#results .card")[0].click()
+    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.getElementById('detail').open"))
+    WebDriverWait(d, 60).until(lambda d: all(loaded(d, "#detail-footage")) and all(loaded(d, "#detail-seen img")))
+    size = d.execute_script("const i = document.getElementById('detail-footage'); return [i.naturalWidth, i.naturalHeight];")
+    frame = index.get([first["id"]])[0].frame
+    tiles = len([f for f in range(frame - 10, frame + 11, 5) if 0 <= f < 100])
+    assert size == [tiles * 320 + (tiles - 1) * 6, 240]  # frames 320x240, never scaled up
+    assert len(d.find_elements("css selector", "#detail-seen .card")) == first["count"]
+    assert "tracklet" in d.find_element("id", "detail-meta").text
+    shot(d, "7_people_footage")
+    d.find_element("id", "detail-close").click()
+
+    # 4. grouping off: single crops again, no timeline
+    before = renders(d)
+    d.find_element("id", "group").click()
+    wait_render(d, before)
+    assert not d.find_element("id", "timeline").is_displayed()
+    ids = [c["id"] for c in cards(d)]
+    assert ids == index.search(vec, k=24, filter=Filter(cameras=["west"], time_min=lo, time_max=hi))[0].ids.tolist()

@@ -254,7 +254,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                  sources=args.source)
     for query, hits in search_images(args.checkpoint, args.index, args.images, k=args.k,
                                      filter=None if flt.empty else flt,
-                                     skip_bad_images=args.skip_bad_images):
+                                     skip_bad_images=args.skip_bad_images,
+                                     collection=args.collection):
         print(query)
         for rank, (path, score) in enumerate(hits, 1):
             print(f"  {rank:>3}  {score:7.4f}  {path}")
@@ -267,7 +268,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     --gallery is an index written by `hareid index` (folder, .db or Milvus URI) or a folder of
     images / a dataset, indexed first into --index (default GALLERY/.hareid-index; resumable).
     The page: drop a query image, see the top matches with camera, time and attention, filter,
-    page, add and delete gallery images. The API: POST /embed, /search, /gallery; DELETE
+    page, add and delete gallery images; crops cut from footage are grouped by tracklet, with a
+    per-camera timeline and, for footage given with --footage, the frame they were cut from. The
+    API: POST /embed, /search, /gallery; DELETE
     /gallery/ID; GET /healthz; documentation at /docs. Binds 127.0.0.1 unless --host says
     otherwise (the API has no authentication). --check starts the app in-process, runs one
     search and exits (no socket).
@@ -277,7 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(args.checkpoint, args.gallery, index=args.index, uploads=args.uploads,
                     collection=args.collection, max_batch=args.max_batch, device=args.device,
                     progress=not args.quiet, dtype=args.dtype, calibration=args.calib, images=args.images,
-                    host=args.host, allow_origins=args.allow_origin)
+                    host=args.host, allow_origins=args.allow_origin, footage=args.footage or ())
     gallery = app.state.gallery
     print(f"[hareid] gallery: {len(gallery.index)} images ({gallery.index.backend} "
           f"{gallery.index.kind}); uploads go to {gallery.uploads}")
@@ -600,7 +603,8 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                             "hareid search best.pt gallery_index q.jpg --camera 2 --time-min 100"]),
     "serve": (cmd_serve, ["hareid serve runs/demo/checkpoints/best.pt --gallery runs/demo/index",
                           "hareid serve best.pt --gallery photos/ --port 8080",
-                          "hareid serve best.pt --gallery gallery.db --host 0.0.0.0"]),
+                          "hareid serve best.pt --gallery gallery.db --host 0.0.0.0",
+                          "hareid serve best.pt --gallery cams.db --footage /data/videos"]),
     "datasets": (cmd_datasets, ["hareid datasets data/market1501",
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
@@ -758,6 +762,8 @@ def _add_gallery_commands(add: _AddCommand) -> None:
     sp.add_argument("--time-max", type=float, default=None, help="only items at or before this time")
     sp.add_argument("--source", action="append", default=None, help="only this source (repeatable)")
     sp.add_argument("--skip-bad-images", action="store_true", help="drop unreadable query images (listed as warnings)")
+    sp.add_argument("--collection", default=None,
+                    help="Milvus collection (default hareid_gallery)")
 
     sp = add("serve")
     sp.add_argument("checkpoint", help="the checkpoint the gallery is (or will be) indexed with")
@@ -781,6 +787,9 @@ def _add_gallery_commands(add: _AddCommand) -> None:
     _dtype_args(sp, "a --gallery folder")
     sp.add_argument("--check", action="store_true", help="start in-process, run one search, exit")
     sp.add_argument("--quiet", action="store_true", help="no progress bar while indexing")
+    sp.add_argument("--footage", action="append", default=None, metavar="PATH",
+                    help="video file or folder whose footage the page may show (repeatable); "
+                         "an item's source must lie under one")
 
 
 def _add_data_commands(add: _AddCommand) -> None:

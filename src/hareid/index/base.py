@@ -5,8 +5,11 @@ embedded default) and :class:`hareid.index.MilvusIndex` (milvus-lite file or a M
 Vectors are L2-normalised on the way in, so a score is a cosine similarity (higher = closer) and
 ``distance = 2 - 2 * score`` is the squared euclidean distance between unit vectors.
 
-Every gallery item carries ``path, camera, time, source, pid``; a :class:`Filter` on camera, time
-range and source runs inside the database.
+Every gallery item carries ``path, camera, time, source, pid`` and, for crops cut from footage,
+``tracklet`` (a global key such as ``"<camera>/<tracklet id>"``), ``frame`` (0-based index in its
+source) and ``box`` (x1, y1, x2, y2 in frame pixels); a :class:`Filter` on camera, time range,
+source and tracklet runs inside the database. :func:`group_by_tracklet` turns ranked crops into
+ranked people (one group per tracklet).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from hareid.errors import HareidError
 from hareid.evaluate.distance import as_f32
 
 #: Longest accepted text fields (Milvus VARCHAR limits; the FAISS backend checks the same).
-MAX_PATH, MAX_CAMERA, MAX_SOURCE = 4096, 256, 1024
+MAX_PATH, MAX_CAMERA, MAX_SOURCE, MAX_TRACKLET = 4096, 256, 1024, 512
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,14 @@ class Item:
     time: float | None = None  # seconds (unix time, or frame index / seconds within a sequence)
     source: str = ""  # where it came from: a dataset split, "upload", a camera feed...
     pid: int = -1  # identity when known (datasets), else -1
+    tracklet: str = ""  # global tracklet key ("<camera>/<tracklet id>"), "" for a plain image
+    frame: int = -1  # 0-based frame index in ``source`` (footage), else -1
+    box: Box | None = None  # x1, y1, x2, y2 in frame pixels (footage), else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": self.path, "camera": self.camera, "time": self.time,
-                "source": self.source, "pid": self.pid}
+                "source": self.source, "pid": self.pid, "tracklet": self.tracklet,
+                "frame": self.frame, "box": None if self.box is None else list(self.box)}
 
 
 def _texts(values: Iterable[Any] | str | None) -> tuple[str, ...] | None:
@@ -56,18 +65,19 @@ def _texts(values: Iterable[Any] | str | None) -> tuple[str, ...] | None:
 class Filter:
     """Which gallery items a search may return. ``None`` fields do not filter.
 
-    ``cameras`` / ``sources``: allowed values (an empty tuple allows nothing); ``time_min`` /
-    ``time_max``: inclusive bounds (items without a time never match a time bound).
+    ``cameras`` / ``sources`` / ``tracklets``: allowed values (an empty tuple allows nothing);
+    ``time_min`` / ``time_max``: inclusive bounds (items without a time never match a time bound).
     """
 
     cameras: tuple[str, ...] | None = None
     time_min: float | None = None
     time_max: float | None = None
     sources: tuple[str, ...] | None = None
+    tracklets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cameras", _texts(self.cameras))
-        object.__setattr__(self, "sources", _texts(self.sources))
+        for key in ("cameras", "sources", "tracklets"):
+            object.__setattr__(self, key, _texts(getattr(self, key)))
         for key in ("time_min", "time_max"):
             v = getattr(self, key)
             if v is not None:
@@ -80,15 +90,17 @@ class Filter:
 
     @property
     def empty(self) -> bool:
-        return self.cameras is None and self.sources is None and self.time_min is None \
-            and self.time_max is None
+        return self.cameras is None and self.sources is None and self.tracklets is None \
+            and self.time_min is None and self.time_max is None
+
+    def _sets(self) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+        return (("camera", self.cameras), ("source", self.sources), ("tracklet", self.tracklets))
 
     def matches(self, item: Item) -> bool:
         """The filter evaluated in Python (reference for tests)."""
-        if self.cameras is not None and item.camera not in self.cameras:
-            return False
-        if self.sources is not None and item.source not in self.sources:
-            return False
+        for col, values in self._sets():
+            if values is not None and getattr(item, col) not in values:
+                return False
         if (self.time_min is not None or self.time_max is not None) and item.time is None:
             return False
         if self.time_min is not None and item.time < self.time_min:
@@ -98,7 +110,7 @@ class Filter:
     def sql(self) -> tuple[str, list[Any]]:
         """A parameterised SQL ``WHERE`` clause over the ``items`` table and its parameters."""
         parts, params = ["1"], []
-        for col, values in (("camera", self.cameras), ("source", self.sources)):
+        for col, values in self._sets():
             if values is not None:
                 parts.append(f"{col} IN ({','.join('?' * len(values))})" if values else "0")
                 params += list(values)
@@ -110,15 +122,20 @@ class Filter:
             params.append(self.time_max)
         return " AND ".join(parts), params
 
-    def milvus(self) -> str:
-        """A Milvus boolean expression (string literals quoted by :func:`milvus_literal`)."""
+    def milvus(self, has_time_field: bool = True) -> str:
+        """A Milvus boolean expression (string literals quoted by :func:`milvus_literal`, so any
+        name is safe).
+
+        ``has_time_field``: the collection marks items with a time in a ``has_time`` flag (every
+        server version); ``False``: ``time`` is a nullable field (collections of hareid < 0.3).
+        """
         parts = []
-        for col, values in (("camera", self.cameras), ("source", self.sources)):
+        for col, values in self._sets():
             if values is not None:
                 parts.append(f"{col} in [{', '.join(milvus_literal(v) for v in values)}]"
                              if values else "id < 0")
         if self.time_min is not None or self.time_max is not None:
-            parts.append("time is not null")
+            parts.append("has_time == true" if has_time_field else "time is not null")
         if self.time_min is not None:
             parts.append(f"time >= {self.time_min!r}")
         if self.time_max is not None:
@@ -173,6 +190,57 @@ class SearchResult:
         return np.asarray([camid(it.camera) for it in self.items], dtype=np.int64)
 
 
+@dataclass
+class Group:
+    """Matches of one tracklet (or one plain item) in a ranked list, best first."""
+
+    tracklet: str  # "" for a plain item (a group of one)
+    items: list[Item]
+    scores: list[float]
+
+    @property
+    def best(self) -> Item:
+        return self.items[0]
+
+    @property
+    def score(self) -> float:
+        return self.scores[0]
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    @property
+    def time_span(self) -> tuple[float | None, float | None]:
+        ts = [it.time for it in self.items if it.time is not None]
+        return (min(ts), max(ts)) if ts else (None, None)
+
+
+@dataclass
+class GroupedResult:
+    """Top groups of one query (a page of them) and how deep the crop search went."""
+
+    groups: list[Group]
+    depth: int  # crops searched (top-``depth``) to form the groups
+    hits: int  # crops found within that depth (fewer when the filter leaves fewer)
+    has_more: bool  # a next page may hold more groups
+
+
+def group_by_tracklet(result: SearchResult) -> list[Group]:
+    """Ranked crops -> ranked groups: one per tracklet (ranked by its best crop), items without
+    a tracklet stay groups of one. Members keep the crops' order (best first)."""
+    groups: dict[str, Group] = {}
+    for it, s in zip(result.items, result.scores.tolist()):
+        key = f"t:{it.tracklet}" if it.tracklet else f"i:{it.id}"
+        g = groups.get(key)
+        if g is None:
+            groups[key] = Group(it.tracklet, [it], [s])
+        else:
+            g.items.append(it)
+            g.scores.append(s)
+    return list(groups.values())  # dicts keep insertion order: best crop first
+
+
 def camid(camera: str) -> int:
     """``"3"`` -> 3; a named camera (``"lobby"``) -> -1."""
     try:
@@ -187,38 +255,70 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
                                 dtype=np.float32)
 
 
+Row = tuple[str | None, str, float | None, str, int, str, int, Box | None]
+
+
+def _box(b: Any) -> Box | None:
+    """``None`` or four finite numbers x1 <= x2, y1 <= y2 (frame pixels)."""
+    if b is None:
+        return None
+    try:
+        v = tuple(float(c) for c in (b.tolist() if isinstance(b, np.ndarray) else b))
+    except (TypeError, ValueError):
+        raise HareidError(f"box {b!r} is not four numbers x1, y1, x2, y2") from None
+    if len(v) != 4 or not all(math.isfinite(c) for c in v) or v[2] < v[0] or v[3] < v[1]:
+        raise HareidError(f"box {b!r}: give four finite numbers x1, y1, x2, y2 with x1 <= x2 "
+                          "and y1 <= y2 (frame pixels)")
+    return v  # type: ignore[return-value]
+
+
 def metadata_rows(n: int, paths: Sequence[Any] | None, pids: Any, cameras: Any, times: Any,
-                  sources: Any) -> list[tuple[str | None, str, float | None, str, int]]:
-    """Per-item ``(path or None, camera, time, source, pid)``; a scalar applies to all ``n``."""
+                  sources: Any, tracklets: Any = None, frames: Any = None,
+                  boxes: Any = None) -> list[Row]:
+    """Per-item ``(path or None, camera, time, source, pid, tracklet, frame, box)``; a scalar
+    applies to all ``n`` (a single box too: four numbers)."""
 
     def column(values: Any, name: str) -> list[Any]:
         if values is None:
             return [None] * n
         if isinstance(values, (str, bytes, int, float, np.integer, np.floating)):
             return [values] * n
+        if name == "boxes":  # (N, 4) array or a list of boxes / None
+            out = list(values)
+            if len(out) == 4 and all(isinstance(v, (int, float, np.integer, np.floating))
+                                     for v in out):
+                return [out] * n
+            if len(out) != n:
+                raise ValueError(f"{n} features but {len(out)} {name}")
+            return out
         out = list(np.asarray(values).reshape(-1)) if isinstance(values, np.ndarray) else list(values)
         if len(out) != n:
             raise ValueError(f"{n} features but {len(out)} {name}")
         return out
 
-    rows = []
-    for p, c, t, s, i in zip(column(paths, "paths"), column(cameras, "cameras"),
-                             column(times, "times"), column(sources, "sources"),
-                             column(pids, "pids")):
+    rows: list[Row] = []
+    for p, c, t, s, i, tr, f, b in zip(column(paths, "paths"), column(cameras, "cameras"),
+                                       column(times, "times"), column(sources, "sources"),
+                                       column(pids, "pids"), column(tracklets, "tracklets"),
+                                       column(frames, "frames"), column(boxes, "boxes")):
         p = None if p is None or str(p) == "" else str(p)
         c = "" if c is None else str(c.item() if isinstance(c, np.generic) else c)
         s = "" if s is None else str(s)
+        tr = "" if tr is None else str(tr.item() if isinstance(tr, np.generic) else tr)
         t = None if t is None or (isinstance(t, float) and math.isnan(t)) else float(t)
         if t is not None and not math.isfinite(t):
             raise HareidError(f"time {t} is not finite; give times as finite seconds")
         for name, v, limit in (("path", p or "", MAX_PATH), ("camera", c, MAX_CAMERA),
-                               ("source", s, MAX_SOURCE)):
+                               ("source", s, MAX_SOURCE), ("tracklet", tr, MAX_TRACKLET)):
             if len(v) > limit:
                 raise HareidError(f"{name} {v[:40]!r}... is {len(v)} characters; the limit is {limit}")
         i = -1 if i is None else int(i)
-        if not -(2**63) <= i < 2**63:
-            raise HareidError(f"pid {i} does not fit in 64 bits; give pids as 64-bit integers")
-        rows.append((p, c, t, s, i))
+        f = -1 if f is None else int(f)
+        for name, v in (("pid", i), ("frame", f)):
+            if not -(2**63) <= v < 2**63:
+                raise HareidError(f"{name} {v} does not fit in 64 bits; give {name}s as 64-bit "
+                                  "integers")
+        rows.append((p, c, t, s, i, tr, f, _box(b)))
     return rows
 
 
@@ -274,10 +374,13 @@ class VectorIndex(ABC):
     # ------------------------------------------------------------------ writes
     @abstractmethod
     def add(self, features: Any, paths: Sequence[Any] | None = None, pids: Any = None,
-            cameras: Any = None, times: Any = None, sources: Any = None) -> np.ndarray:
+            cameras: Any = None, times: Any = None, sources: Any = None, *,
+            tracklets: Any = None, frames: Any = None, boxes: Any = None) -> np.ndarray:
         """Add ``features (N, D)`` with their metadata (one transaction); returns the new ids.
 
-        Paths are unique: adding a path the index already holds raises :class:`HareidError`.
+        Each metadata argument is one value per row or one value for all (``boxes``: ``(N, 4)``
+        or one box). Paths are unique: adding a path the index already holds raises
+        :class:`HareidError`.
         """
 
     @abstractmethod
@@ -319,7 +422,8 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def facets(self) -> dict[str, Any]:
-        """``{"cameras": [...], "sources": [...], "time_min": t|None, "time_max": t|None}``."""
+        """``{"cameras": [...], "sources": [...], "time_min": t|None, "time_max": t|None,
+        "tracklets": number of distinct tracklets}``."""
 
     @abstractmethod
     def get_setting(self, key: str, default: Any = None) -> Any: ...
@@ -343,6 +447,21 @@ class VectorIndex(ABC):
             items = self.get(i.tolist())
             present = [j for j, it in enumerate(items) if it is not None]  # deleted meanwhile
             out.append(SearchResult(i[present], s[present], [items[j] for j in present]))
+        return out
+
+    def search_groups(self, features: Any, k: int = 10, filter: Filter | None = None,
+                      offset: int = 0, depth: int = 1000) -> list[GroupedResult]:
+        """Top-k *tracklets* of each query row: the best ``depth`` crops grouped by tracklet
+        (:func:`group_by_tracklet`), groups ``offset .. offset + k``. A group's count is its
+        crops among those ``depth``; a deeper search finds more groups and more crops each."""
+        if k < 1 or offset < 0 or depth < 1:
+            raise ValueError(f"k, depth must be >= 1 and offset >= 0, got k={k}, "
+                             f"offset={offset}, depth={depth}")
+        out = []
+        for res in self.search(features, depth, filter):
+            groups = group_by_tracklet(res)
+            more = len(groups) > offset + k or (len(res.ids) >= depth and depth < len(self))
+            out.append(GroupedResult(groups[offset : offset + k], depth, len(res.ids), more))
         return out
 
     # whole columns, in id order (small galleries, tests, the Python API of earlier versions)
@@ -369,11 +488,12 @@ class VectorIndex(ABC):
         return unit_rows(x)
 
     def _prepare_add(self, features: Any, paths: Any, pids: Any, cameras: Any, times: Any,
-                     sources: Any) -> tuple[np.ndarray, list[tuple], list[str]]:
+                     sources: Any, tracklets: Any = None, frames: Any = None,
+                     boxes: Any = None) -> tuple[np.ndarray, list[Row], list[str]]:
         """What every backend's ``add`` starts with: unit rows, checked metadata rows, and the
         given paths (a path twice in one call is refused)."""
         x = self._check_features(features)
-        rows = metadata_rows(len(x), paths, pids, cameras, times, sources)
+        rows = metadata_rows(len(x), paths, pids, cameras, times, sources, tracklets, frames, boxes)
         given = [r[0] for r in rows if r[0] is not None]
         if len(set(given)) != len(given):
             dup = next(p for p in given if given.count(p) > 1)

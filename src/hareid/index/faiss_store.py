@@ -2,8 +2,9 @@
 
 A saved index is a folder::
 
-    gallery.sqlite      SQLite (WAL): settings, items (id, path, camera, time, source, pid),
-                        pending (vectors added since the last snapshot), pending_deletes
+    gallery.sqlite      SQLite (WAL): settings, items (id, path, camera, time, source, pid,
+                        tracklet, frame, x1, y1, x2, y2), pending (vectors added since the last
+                        snapshot), pending_deletes
     index.<gen>.faiss   the FAISS index as of snapshot <gen> (temp file, fsync, rename)
     lock                held (flock) by the one process that writes
 
@@ -14,6 +15,9 @@ vectors reach the snapshot's size (at least ``checkpoint_min``; geometric, so ea
 written O(1) times), on :meth:`flush` and on :meth:`close`; the new file is renamed into place
 before the SQLite transaction that names it and clears ``pending`` commits. A process killed at any
 instant therefore reopens with exactly the transactions it committed. Nothing is pickled.
+
+Indexes written before items had ``tracklet``, ``frame`` and a box gain those columns (defaults:
+``""``, -1, no box) when opened for writing; opened read-only, a temporary view supplies them.
 
 Kinds: ``flat`` (exact, ``IDMap2,Flat``), ``ivf`` (``IVF{nlist},Flat``) and ``ivfpq``
 (``IVF{nlist},PQ{m}x{nbits}``, 64 + 8 bytes a vector at m=64). An IVF index trains itself once
@@ -71,6 +75,16 @@ CREATE INDEX IF NOT EXISTS items_source ON items(source);
 CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_deletes (id INTEGER PRIMARY KEY);
 """
+
+#: Footage columns (added to indexes of earlier versions when opened for writing).
+_FOOTAGE_COLUMNS = {"tracklet": "TEXT NOT NULL DEFAULT ''", "frame": "INTEGER NOT NULL DEFAULT -1",
+                    "x1": "REAL", "y1": "REAL", "x2": "REAL", "y2": "REAL"}
+_ITEM_COLS = "id, path, camera, time, source, pid, tracklet, frame, x1, y1, x2, y2"
+
+
+def _item(r: Sequence[Any]) -> Item:
+    box = None if r[8] is None else (r[8], r[9], r[10], r[11])
+    return Item(r[0], r[1] or "", r[2], r[3], r[4], r[5], r[6], r[7], box)
 
 
 def faiss_module():
@@ -157,6 +171,7 @@ class FaissIndex(VectorIndex):
             self._conn = self._connect(db, writer=True)
             if exists:
                 self._load_settings(dim, kind)
+                self._migrate()
             else:
                 if self.durable:  # SQLite creates 0644 whatever the umask; a plain open() would not
                     os.chmod(db, umask_mode())
@@ -211,6 +226,8 @@ class FaissIndex(VectorIndex):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect(self._folder / DB_NAME, writer=False)
+            if getattr(self, "_legacy", False):
+                self._legacy_view(conn)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -234,11 +251,39 @@ class FaissIndex(VectorIndex):
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self._conn.execute(stmt)
+            for col, decl in _FOOTAGE_COLUMNS.items():
+                self._conn.execute(f"ALTER TABLE items ADD COLUMN {col} {decl}")
+            self._conn.execute("CREATE INDEX items_tracklet ON items(tracklet)")
             settings = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "nlist": self.nlist,
                         "nprobe": self.nprobe, "pq_m": self.pq_m, "pq_nbits": self.pq_nbits,
                         "next_id": 0, "snapshot": 0, "root": None}
             self._conn.executemany("INSERT INTO settings VALUES (?, ?)",
                                    [(k, json.dumps(v)) for k, v in settings.items()])
+
+    def _missing_columns(self, conn: sqlite3.Connection) -> list[str]:
+        have = {r[1] for r in conn.execute("PRAGMA main.table_info(items)")}
+        return [c for c in _FOOTAGE_COLUMNS if c not in have]
+
+    def _migrate(self) -> None:
+        """Add the footage columns to an index of an earlier version (one transaction)."""
+        missing = self._missing_columns(self._conn)
+        self._legacy = bool(missing) and self.read_only
+        if not missing or self.read_only:
+            if self._legacy:
+                self._legacy_view(self._conn)
+            return
+        with self._tx() as c:
+            for col in missing:
+                c.execute(f"ALTER TABLE items ADD COLUMN {col} {_FOOTAGE_COLUMNS[col]}")
+            c.execute("CREATE INDEX IF NOT EXISTS items_tracklet ON items(tracklet)")
+
+    @staticmethod
+    def _legacy_view(conn: sqlite3.Connection) -> None:
+        """Read-only, earlier version: a temporary view named ``items`` (it shadows the table in
+        this connection) gives the footage columns their defaults."""
+        conn.execute("CREATE TEMP VIEW IF NOT EXISTS items AS SELECT id, path, camera, time, "
+                     "source, pid, '' AS tracklet, -1 AS frame, NULL AS x1, NULL AS y1, "
+                     "NULL AS x2, NULL AS y2 FROM main.items")
 
     def _load_settings(self, dim: int | None, kind: str) -> None:
         try:
@@ -377,18 +422,21 @@ class FaissIndex(VectorIndex):
         return True
 
     def add(self, features: Any, paths: Sequence[Any] | None = None, pids: Any = None,
-            cameras: Any = None, times: Any = None, sources: Any = None) -> np.ndarray:
+            cameras: Any = None, times: Any = None, sources: Any = None, *,
+            tracklets: Any = None, frames: Any = None, boxes: Any = None) -> np.ndarray:
         self._writable()
-        x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources)
+        x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources,
+                                           tracklets, frames, boxes)
         if not len(x):
             return np.zeros(0, dtype=np.int64)
         with self._lock.write():
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             try:
                 with self._tx() as c:
-                    c.executemany("INSERT INTO items (id, path, camera, time, source, pid) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)",
-                                  [(int(i), *r) for i, r in zip(ids, rows)])
+                    c.executemany(f"INSERT INTO items ({_ITEM_COLS}) VALUES "
+                                  f"({', '.join('?' * 12)})",
+                                  [(int(i), *r[:7], *(r[7] or (None,) * 4))
+                                   for i, r in zip(ids, rows)])
                     if self.durable:
                         c.executemany("INSERT INTO pending (id, vec) VALUES (?, ?)",
                                       [(int(i), v.tobytes()) for i, v in zip(ids, x)])
@@ -621,9 +669,9 @@ class FaissIndex(VectorIndex):
         found: dict[int, Item] = {}
         c = self._reader()
         for ch in _chunks(sorted(set(ids))):
-            for r in c.execute("SELECT id, path, camera, time, source, pid FROM items WHERE id IN "
+            for r in c.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id IN "
                                f"({','.join('?' * len(ch))})", list(ch)):
-                found[r[0]] = Item(r[0], r[1] or "", r[2], r[3], r[4], r[5])
+                found[r[0]] = _item(r)
         return [found.get(i) for i in ids]
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
@@ -643,9 +691,9 @@ class FaissIndex(VectorIndex):
 
     def items(self, offset: int = 0, limit: int | None = None) -> list[Item]:
         rows = self._reader().execute(
-            "SELECT id, path, camera, time, source, pid FROM items ORDER BY id LIMIT ? OFFSET ?",
+            f"SELECT {_ITEM_COLS} FROM items ORDER BY id LIMIT ? OFFSET ?",
             (-1 if limit is None else int(limit), int(offset))).fetchall()
-        return [Item(r[0], r[1] or "", r[2], r[3], r[4], r[5]) for r in rows]
+        return [_item(r) for r in rows]
 
     def indexed_paths(self) -> set[str]:
         return {r[0] for r in self._reader().execute("SELECT path FROM items WHERE path IS NOT NULL")}
@@ -655,7 +703,9 @@ class FaissIndex(VectorIndex):
         tmin, tmax = c.execute("SELECT MIN(time), MAX(time) FROM items").fetchone()
         return {"cameras": [r[0] for r in c.execute("SELECT DISTINCT camera FROM items ORDER BY camera")],
                 "sources": [r[0] for r in c.execute("SELECT DISTINCT source FROM items ORDER BY source")],
-                "time_min": tmin, "time_max": tmax}
+                "time_min": tmin, "time_max": tmax,
+                "tracklets": c.execute("SELECT COUNT(DISTINCT tracklet) FROM items "
+                                       "WHERE tracklet != ''").fetchone()[0]}
 
     def get_setting(self, key: str, default: Any = None) -> Any:
         row = self._reader().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()

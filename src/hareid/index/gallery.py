@@ -54,14 +54,15 @@ def build_gallery_index(checkpoint: str | os.PathLike, root: str | os.PathLike, 
 
 
 def search_images(checkpoint: str | os.PathLike, index_dir: str | os.PathLike, images: Sequence[str | os.PathLike],
-                  k: int = 10, filter: Any = None,
-                  skip_bad_images: bool = False) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+                  k: int = 10, filter: Any = None, skip_bad_images: bool = False,
+                  collection: str | None = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index.
 
     ``index_dir``: a FAISS index folder, a milvus-lite ``.db`` or a Milvus URI;
     ``filter``: an optional :class:`hareid.index.Filter` (camera, time range, source);
     ``skip_bad_images``: drop unreadable query images with a ``RuntimeWarning`` naming each
-    (else the first one is a :class:`DataError`).
+    (else the first one is a :class:`DataError`); ``collection``: the Milvus collection
+    (default ``hareid_gallery``).
     """
     from hareid.data.loader import read_image
     from hareid.index import open_index
@@ -77,7 +78,7 @@ def search_images(checkpoint: str | os.PathLike, index_dir: str | os.PathLike, i
         if not readable:
             raise DataError("no readable query image left; pass readable image files")
         images = readable
-    with open_index(index_dir, read_only=True) as index:  # a bad index fails before the model loads
+    with open_index(index_dir, read_only=True, collection=collection) as index:  # a bad index fails before the model loads
         model, info = load_model(checkpoint)
         feats = embed(model, list(images), info)
         if feats.shape[1] != index.dim:

@@ -3,10 +3,16 @@
 ``MilvusIndex("gallery.db")`` runs milvus-lite inside this process (tests, laptops);
 ``MilvusIndex("http://host:19530", token=...)`` talks to a Milvus server or cluster with the same
 code (a server's token from ``token=`` or ``$HAREID_MILVUS_TOKEN``). One collection (default
-``hareid_gallery``) holds ``id`` (auto), ``vec`` (unit float32,
-inner product), ``path``, ``camera``, ``time`` (nullable), ``source``, ``pid``; filters become
-Milvus boolean expressions evaluated by the database; every read is ``Strong``-consistent, so an
-``add`` is searchable once it returns. Durability and crash recovery are Milvus's own (lite keeps a
+``hareid_gallery``) holds ``id`` (auto), ``vec`` (unit float32, inner product), ``path``,
+``camera``, ``time`` + ``has_time``, ``source``, ``pid``, ``tracklet``, ``frame`` and ``box``
+(``""`` or ``"x1,y1,x2,y2"``); filters become Milvus boolean expressions evaluated by the database;
+every read is ``Strong``-consistent, so an ``add`` is searchable once it returns.
+
+No field is nullable (nullable fields need Milvus 2.5): an item without a time stores ``time = 0``
+and ``has_time = false``, so the schema works on every server from **Milvus 2.3** (tested against
+the ``milvus`` PyPI package's embedded 2.3.5 standalone server) and on milvus-lite. Collections
+written by hareid 0.2 (settings format 1: a nullable ``time``, no footage fields) still open, read
+and take new items; their items have no tracklet, frame or box. Durability and crash recovery are Milvus's own (lite keeps a
 write-ahead log in the ``.db`` folder). Index kinds map to ``FLAT``, ``IVF_FLAT`` and ``IVF_PQ``
 (``IVF_PQ`` needs a server; milvus-lite has no PQ).
 """
@@ -27,8 +33,10 @@ from hareid.index.base import (
     MAX_CAMERA,
     MAX_PATH,
     MAX_SOURCE,
+    MAX_TRACKLET,
     Filter,
     Item,
+    Row,
     SearchResult,
     VectorIndex,
     check_kind,
@@ -36,7 +44,10 @@ from hareid.index.base import (
 )
 
 DEFAULT_COLLECTION = "hareid_gallery"
-_FIELDS = ["id", "path", "camera", "time", "source", "pid"]
+_FIELDS_V1 = ["id", "path", "camera", "time", "source", "pid"]
+_FIELDS = [*_FIELDS_V1, "has_time", "tracklet", "frame", "box"]
+FORMAT = 2  # 1: hareid 0.2 (nullable time, no footage fields)
+_MAX_BOX = 128
 _MAX_TOPK = 16384  # Milvus's limit on limit + offset
 _INSERT_ROWS = 4096  # rows per insert call (~16 MiB of 1024-d vectors: under gRPC's 64 MiB)
 _SERVER_PREFIXES = ("http://", "https://", "tcp://", "grpc://", "unix:")
@@ -87,6 +98,10 @@ class MilvusIndex(VectorIndex):
                 raise HareidError(f"{self.uri}: collection {self.collection!r} was not made by "
                                   "hareid; pass another --collection")
             s = json.loads(props["hareid.settings"])
+            self.format = int(s.get("format", 1))
+            if self.format > FORMAT:
+                raise HareidError(f"{self.uri}: collection {self.collection!r} has format "
+                                  f"{self.format} (this hareid reads up to {FORMAT}); upgrade hareid")
             self.dim, self.kind, self.nlist = int(s["dim"]), s["kind"], int(s["nlist"])
             self.pq_m, self.pq_nbits = int(s["pq_m"]), int(s["pq_nbits"])
             self.nprobe = int(nprobe if nprobe is not None else s["nprobe"])
@@ -101,11 +116,13 @@ class MilvusIndex(VectorIndex):
                 raise HareidError(f"{self.uri}: no index there; give the embedding size (dim)")
             self.dim, self.kind, self.nlist = int(dim), check_kind(kind), int(nlist)
             self.pq_m, self.pq_nbits = int(pq_m), int(pq_nbits)
+            self.format = FORMAT
             self.nprobe = 16 if nprobe is None else int(nprobe)
             if self.kind == "ivfpq" and self.lite:
                 raise HareidError("milvus-lite has no IVF_PQ index; use --kind ivf or flat, or a "
                                   "Milvus server URI")
             self._create(pm)
+        self._fields = _FIELDS if self.format >= 2 else _FIELDS_V1
         c.load_collection(self.collection)
 
     def _create(self, pm: Any) -> None:
@@ -115,15 +132,19 @@ class MilvusIndex(VectorIndex):
         schema.add_field("vec", dt.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("path", dt.VARCHAR, max_length=MAX_PATH)
         schema.add_field("camera", dt.VARCHAR, max_length=MAX_CAMERA)
-        schema.add_field("time", dt.DOUBLE, nullable=True)
+        schema.add_field("time", dt.DOUBLE)  # 0 when has_time is false (no nullable fields)
+        schema.add_field("has_time", dt.BOOL)
         schema.add_field("source", dt.VARCHAR, max_length=MAX_SOURCE)
         schema.add_field("pid", dt.INT64)
+        schema.add_field("tracklet", dt.VARCHAR, max_length=MAX_TRACKLET)
+        schema.add_field("frame", dt.INT64)
+        schema.add_field("box", dt.VARCHAR, max_length=_MAX_BOX)
         params = c.prepare_index_params()
         vector_index = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": self.nlist}),
                         "ivfpq": ("IVF_PQ", {"nlist": self.nlist, "m": self.pq_m,
                                              "nbits": self.pq_nbits})}[self.kind]
         params.add_index("vec", index_type=vector_index[0], metric_type="IP", params=vector_index[1])
-        settings = {"format": 1, "dim": self.dim, "kind": self.kind, "nlist": self.nlist,
+        settings = {"format": FORMAT, "dim": self.dim, "kind": self.kind, "nlist": self.nlist,
                     "nprobe": self.nprobe, "pq_m": self.pq_m, "pq_nbits": self.pq_nbits}
         c.create_collection(self.collection, schema=schema, index_params=params,
                             consistency_level="Strong",
@@ -131,15 +152,28 @@ class MilvusIndex(VectorIndex):
 
     # ------------------------------------------------------------------ writes
     def add(self, features: Any, paths: Sequence[Any] | None = None, pids: Any = None,
-            cameras: Any = None, times: Any = None, sources: Any = None) -> np.ndarray:
+            cameras: Any = None, times: Any = None, sources: Any = None, *,
+            tracklets: Any = None, frames: Any = None, boxes: Any = None) -> np.ndarray:
         # one writer at a time in this process: the unique-path check and the insert must not
         # interleave with another add (two concurrent uploads of one image would both pass the check)
         with self._write_lock:
-            return self._add(features, paths, pids, cameras, times, sources)
+            x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources,
+                                               tracklets, frames, boxes)
+            return self._add(x, rows, given)
 
-    def _add(self, features: Any, paths: Sequence[Any] | None, pids: Any, cameras: Any, times: Any,
-             sources: Any) -> np.ndarray:
-        x, rows, given = self._prepare_add(features, paths, pids, cameras, times, sources)
+    def _row(self, v: np.ndarray, r: Row) -> dict[str, Any]:
+        p, c, t, s, pid, tr, f, b = r
+        if self.format < 2:
+            if tr or f != -1 or b is not None:
+                raise HareidError(f"{self.uri}: collection {self.collection!r} was made by hareid "
+                                  "0.2 and has no tracklet, frame or box fields; index footage "
+                                  "crops into a new --collection")
+            return {"vec": v, "path": p or "", "camera": c, "time": t, "source": s, "pid": pid}
+        return {"vec": v, "path": p or "", "camera": c, "time": 0.0 if t is None else t,
+                "has_time": t is not None, "source": s, "pid": pid, "tracklet": tr, "frame": f,
+                "box": "" if b is None else ",".join(repr(float(z)) for z in b)}
+
+    def _add(self, x: np.ndarray, rows: list[Row], given: list[str]) -> np.ndarray:
         for i in range(0, len(given), 1000):  # unique paths, checked in the database
             chunk = given[i : i + 1000]
             hit = self._client.query(self.collection, filter=f"path in [{', '.join(milvus_literal(p) for p in chunk)}]",
@@ -149,8 +183,8 @@ class MilvusIndex(VectorIndex):
                                   "delete it first, or let `hareid index` skip indexed images")
         ids: list[int] = []
         for i in range(0, len(x), _INSERT_ROWS):
-            data = [{"vec": v, "path": p or "", "camera": c, "time": t, "source": s, "pid": pid}
-                    for v, (p, c, t, s, pid) in zip(x[i : i + _INSERT_ROWS], rows[i : i + _INSERT_ROWS])]
+            data = [self._row(v, r) for v, r in zip(x[i : i + _INSERT_ROWS],
+                                                    rows[i : i + _INSERT_ROWS])]
             res = self._client.insert(self.collection, data)
             ids += [int(j) for j in res["ids"]]
         self._unflushed += len(ids)
@@ -202,13 +236,21 @@ class MilvusIndex(VectorIndex):
         params: dict[str, Any] = {"metric_type": "IP", "params": {}}
         if self.kind != "flat":
             params["params"]["nprobe"] = min(self.nprobe, self.nlist)
-        expr = "" if filter is None or filter.empty else filter.milvus()
+        expr = "" if filter is None or filter.empty else self._expr(filter)
         try:
             return self._client.search(self.collection, data=[v for v in x], limit=k, filter=expr,
                                        output_fields=fields, search_params=params,
                                        consistency_level="Strong")
         except _pymilvus().MilvusException as e:  # one line naming the index, not a traceback
             raise HareidError(f"{self.uri}: Milvus refused the search ({str(e).splitlines()[0][:200]})") from e
+
+    def _expr(self, flt: Filter) -> str:
+        if self.format < 2 and flt.tracklets:
+            raise HareidError(f"{self.uri}: collection {self.collection!r} was made by hareid 0.2 "
+                              "and holds no tracklets; filter by camera, time or source")
+        if self.format < 2 and flt.tracklets is not None:  # () allows nothing
+            flt = Filter(cameras=(), time_min=flt.time_min, time_max=flt.time_max)
+        return flt.milvus(has_time_field=self.format >= 2)
 
     def search_arrays(self, features: Any, k: int = 10,
                       filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +271,7 @@ class MilvusIndex(VectorIndex):
             raise ValueError(f"k must be >= 1 and offset >= 0, got k={k}, offset={offset}")
         x = self._check_features(features)
         out = []
-        for h in self._raw_search(x, k + offset, filter, _FIELDS[1:]):
+        for h in self._raw_search(x, k + offset, filter, self._fields[1:]):
             h = list(h)[offset:]
             items = [self._item(hit["id"], hit["entity"]) for hit in h]
             out.append(SearchResult(np.asarray([it.id for it in items], np.int64),
@@ -238,14 +280,21 @@ class MilvusIndex(VectorIndex):
 
     @staticmethod
     def _item(i: int, e: dict) -> Item:
-        return Item(int(i), e.get("path") or "", e.get("camera") or "", e.get("time"),
-                    e.get("source") or "", int(e.get("pid", -1)))
+        t = e.get("time")
+        if "has_time" in e and not e["has_time"]:
+            t = None
+        box = e.get("box") or ""
+        return Item(int(i), e.get("path") or "", e.get("camera") or "", t,
+                    e.get("source") or "", int(e.get("pid", -1)), e.get("tracklet") or "",
+                    int(e.get("frame", -1)),
+                    tuple(float(z) for z in box.split(",")) if box else None)  # type: ignore[arg-type]
 
     def get(self, ids: Sequence[int]) -> list[Item | None]:
         ids = [int(i) for i in ids]
         found: dict[int, Item] = {}
         for i in range(0, len(ids), 1000):
-            for e in self._client.get(self.collection, ids=ids[i : i + 1000], output_fields=_FIELDS):
+            for e in self._client.get(self.collection, ids=ids[i : i + 1000],
+                                      output_fields=self._fields):
                 found[int(e["id"])] = self._item(e["id"], e)
         return [found.get(i) for i in ids]
 
@@ -274,10 +323,11 @@ class MilvusIndex(VectorIndex):
 
     def items(self, offset: int = 0, limit: int | None = None) -> list[Item]:
         if limit is not None and (self.lite or offset + limit <= _MAX_TOPK):
-            rows = self._client.query(self.collection, filter="id >= 0", output_fields=_FIELDS,
-                                      offset=int(offset), limit=int(limit))
+            rows = self._client.query(self.collection, filter="id >= 0",
+                                      output_fields=self._fields, offset=int(offset),
+                                      limit=int(limit))
         else:
-            rows = list(self._iterate(_FIELDS))
+            rows = list(self._iterate(self._fields))
             rows = rows[offset:] if limit is None else rows[offset : offset + limit]
         return sorted((self._item(e["id"], e) for e in rows), key=lambda it: it.id)
 
@@ -286,15 +336,19 @@ class MilvusIndex(VectorIndex):
 
     def facets(self) -> dict[str, Any]:
         """One scan of the scalar columns (cache it: it is O(gallery) on Milvus)."""
-        cams, srcs, tmin, tmax = set(), set(), None, None
-        for e in self._iterate(["camera", "source", "time"]):
+        cams, srcs, tracklets, tmin, tmax = set(), set(), set(), None, None
+        fields = ["camera", "source", "time", *(["has_time", "tracklet"] if self.format >= 2 else [])]
+        for e in self._iterate(fields):
             cams.add(e.get("camera") or "")
             srcs.add(e.get("source") or "")
-            t = e.get("time")
+            if e.get("tracklet"):
+                tracklets.add(e["tracklet"])
+            t = e.get("time") if e.get("has_time", True) else None
             if t is not None:
                 tmin = t if tmin is None else min(tmin, t)
                 tmax = t if tmax is None else max(tmax, t)
-        return {"cameras": sorted(cams), "sources": sorted(srcs), "time_min": tmin, "time_max": tmax}
+        return {"cameras": sorted(cams), "sources": sorted(srcs), "time_min": tmin,
+                "time_max": tmax, "tracklets": len(tracklets)}
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

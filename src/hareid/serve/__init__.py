@@ -28,15 +28,20 @@ def build_app(checkpoint: str | os.PathLike, gallery: str | os.PathLike, *,
               collection: str | None = None, limits: Limits | None = None, max_batch: int = 32,
               device: str | None = None, progress: bool = True, dtype: Any = "auto",
               calibration: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-              host: str = "127.0.0.1", allow_origins: Sequence[str] = ()):
+              host: str = "127.0.0.1", allow_origins: Sequence[str] = (),
+              footage: Sequence[str | os.PathLike] = ()):
     """Load the checkpoint, open (or first index) the gallery, return the ASGI app.
 
     ``dtype``: embedding precision, as :class:`hareid.Embedder` (default ``"auto"``: bf16 on a CPU
     with native bf16, a half type on CUDA, else float32); ``"int8"`` runs ONNX Runtime on the CPU,
     calibrated on ``calibration`` (a folder of images; default: ``gallery`` when it is a folder).
     Files are served from ``images`` (default: the ``gallery`` folder) and the upload folder only;
-    requests must name ``host`` or a loopback name, and come from the page or ``allow_origins``."""
+    requests must name ``host`` or a loopback name, and come from the page or ``allow_origins``.
+    ``footage``: video files / folders the "show in footage" view may read (``--footage``)."""
     from hareid.index.embedder import load_embedder
+    from hareid.serve.footage import FootageAccess
+
+    access = FootageAccess(footage)  # a wrong path fails before the model loads
 
     if max_batch < 1:
         raise HareidError(f"--max-batch must be >= 1, got {max_batch}")
@@ -49,7 +54,7 @@ def build_app(checkpoint: str | os.PathLike, gallery: str | os.PathLike, *,
                      progress=progress, images=images)
     bound = [] if host in ("0.0.0.0", "::", "") else [host]
     return create_app(embedder, g, limits or Limits(), max_batch=max_batch, hosts=bound,
-                      allow_origins=allow_origins)
+                      allow_origins=allow_origins, footage=access)
 
 
 def _is_index_folder(path: str | os.PathLike) -> bool:

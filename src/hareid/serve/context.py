@@ -11,6 +11,7 @@ import torch
 
 from hareid.index import Item
 from hareid.serve.batching import MicroBatcher
+from hareid.serve.footage import FootageAccess
 from hareid.serve.gallery import LRU, Gallery
 from hareid.serve.limits import Limits, UploadError, check_filename, decode_image
 from hareid.serve.schemas import ItemOut
@@ -22,10 +23,12 @@ class ServeContext:
     """The shared state of one app. Model calls go through two :class:`MicroBatcher` (embeddings,
     attention strips) on one model thread."""
 
-    def __init__(self, embedder: Any, gallery: Gallery, limits: Limits, max_batch: int, max_wait_s: float) -> None:
+    def __init__(self, embedder: Any, gallery: Gallery, limits: Limits, max_batch: int, max_wait_s: float,
+                 footage: FootageAccess | None = None) -> None:
         from hareid.serve.render import attention_strips
 
         self.embedder, self.gallery, self.limits = embedder, gallery, limits
+        self.footage = footage if footage is not None else FootageAccess()  # --footage paths
         self.index = gallery.index
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hareid-model")
         self.embed_batcher = MicroBatcher(lambda xs: list(embedder.embed(torch.stack(list(xs)))), self.executor,
@@ -42,10 +45,14 @@ class ServeContext:
             self.index.close()
 
     def item_out(self, it: Item) -> ItemOut:
+        shown = it.frame >= 0 and self.footage.resolve(it.source) is not None
         return ItemOut(id=it.id, name=Path(it.path).name, path=self.gallery.relative(it.path),
                        camera=it.camera, time=it.time, source=it.source, pid=it.pid,
+                       tracklet=it.tracklet, frame=it.frame,
+                       box=None if it.box is None else list(it.box),
                        image_url=f"/gallery/{it.id}/image",
-                       attention_url=f"/gallery/{it.id}/attention.png")
+                       attention_url=f"/gallery/{it.id}/attention.png",
+                       footage_url=f"/gallery/{it.id}/footage" if shown else None)
 
     async def image_tensor(self, upload: Any) -> tuple[torch.Tensor, bytes, str]:
         """An uploaded image: checked name, bounded read, decoded and resized off the event loop."""

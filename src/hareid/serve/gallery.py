@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from hareid.errors import HareidError
 from hareid.fileio import umask_mode
 from hareid.index import VectorIndex
 
-__all__ = ["LRU", "MAX_ID", "Gallery", "default_uploads", "open_gallery", "store_upload"]
+__all__ = ["FACETS_TTL_S", "LRU", "MAX_ID", "Gallery", "default_uploads", "open_gallery", "store_upload"]
 
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 
@@ -31,6 +32,7 @@ class Gallery:
     uploads: Path
     facets: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    facets_at: float = 0.0  # monotonic time of the last full facets scan
     #: the folder the index says it was built from: only a prefix to re-root stored paths onto
     #: ``roots`` (a moved or copied gallery serves its own files), never a folder files are served from
     stored_root: str | None = None
@@ -83,7 +85,7 @@ class Gallery:
     def refresh_facets(self) -> dict[str, Any]:
         f = self.index.facets()
         with self.lock:
-            self.facets = f
+            self.facets, self.facets_at = f, time.monotonic()
         return f
 
     def note_added(self, cameras: list[str], sources: list[str], times: list[float | None]) -> None:
@@ -175,6 +177,9 @@ class LRU:
         with self._lock:
             self._d.pop(key, None)
 
+
+#: seconds a facets scan is reused (other processes may add to a shared Milvus collection)
+FACETS_TTL_S = 30.0
 
 #: largest gallery id (SQLite's signed 64-bit integer): larger ids are a 422, not a database error
 MAX_ID = 2**63 - 1

@@ -31,6 +31,7 @@ class Limits:
     max_files: int = 64  #: images per POST /gallery
     max_k: int = 200  #: matches per page
     max_offset: int = 10_000  #: deepest page start
+    max_depth: int = 5_000  #: crops searched to group results by tracklet (group=tracklet)
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP")
     body_timeout_s: float = 10.0  #: longest wait for the next piece of a request body (slow clients)
 

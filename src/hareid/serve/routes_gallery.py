@@ -4,6 +4,7 @@
 
 import asyncio
 import mimetypes
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ from fastapi.responses import FileResponse, Response
 
 from hareid.errors import HareidError
 from hareid.serve.context import ServeContext
-from hareid.serve.gallery import MAX_ID, store_upload
+from hareid.serve.gallery import FACETS_TTL_S, MAX_ID, store_upload
 from hareid.serve.limits import UploadError, decode_image
 from hareid.serve.schemas import AddOut, Facets, ItemOut, Page
 
@@ -32,6 +33,9 @@ def gallery_router(ctx: ServeContext) -> APIRouter:
     async def facets() -> Facets:
         with ctx.gallery.lock:
             f = dict(ctx.gallery.facets)
+            stale = time.monotonic() - ctx.gallery.facets_at > FACETS_TTL_S
+        if stale:  # another process may have added to a shared collection
+            f = await run_in_threadpool(ctx.gallery.refresh_facets)
         return Facets(count=len(ctx.index), **f)
 
     @router.get("/gallery", response_model=Page, summary="Gallery items in id order, a page at a time")

@@ -6,7 +6,7 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
@@ -17,7 +17,7 @@ from hareid.index import Filter
 from hareid.serve.context import ServeContext
 from hareid.serve.gallery import MAX_ID
 from hareid.serve.limits import UploadError
-from hareid.serve.schemas import EmbedOut, Health, Match, Query, SearchOut
+from hareid.serve.schemas import EmbedOut, GroupOut, Health, Match, Query, SearchOut, Seen
 
 STATIC = Path(__file__).parent / "static"
 
@@ -62,6 +62,10 @@ def search_router(ctx: ServeContext) -> APIRouter:
         time_max: Annotated[float | None, Form(description="only items at or before this time")] = None,
         source: Annotated[list[str] | None, Form(description="only these sources (repeat the field)")] = None,
         attention: Annotated[bool, Form(description="also return the query's attention strip")] = False,
+        group: Annotated[Literal["none", "tracklet"], Form(description="tracklet: one result per "
+                         "person (tracklet), ranked by its best crop; k and offset count groups")] = "none",
+        depth: Annotated[int | None, Form(ge=1, le=ctx.limits.max_depth, description="group=tracklet: "
+                         "crops searched to form the groups (default max(500, 20 x (offset + k)))")] = None,
     ) -> SearchOut:
         t0 = time.perf_counter()
         given = [image is not None and bool(image.filename or image.size),
@@ -88,17 +92,34 @@ def search_router(ctx: ServeContext) -> APIRouter:
             ctx.get_item(gallery_id)  # 404 when missing
             q = (await run_in_threadpool(ctx.index.vectors, [gallery_id]))[0]
             query = Query(kind="gallery", gallery_id=gallery_id)
-        res = (await run_in_threadpool(ctx.index.search, q[None], k, None if flt.empty else flt,
-                                       offset))[0]
+        groups = None
+        if group == "tracklet":
+            depth = depth or min(ctx.limits.max_depth, max(500, 20 * (offset + k)))
+            found = (await run_in_threadpool(ctx.index.search_groups, q[None], k,
+                                             None if flt.empty else flt, offset, depth))[0]
+            pairs = [(g.score, g.best) for g in found.groups]
+            groups = [GroupOut(rank=offset + j + 1, tracklet=g.tracklet, best_id=g.best.id,
+                               camera=g.best.camera, score=g.score, count=g.count,
+                               time_min=g.time_span[0], time_max=g.time_span[1],
+                               seen=[Seen(id=it.id, camera=it.camera, time=it.time, frame=it.frame,
+                                          score=s) for it, s in zip(g.items, g.scores)])
+                      for j, g in enumerate(found.groups)]
+            has_more = found.has_more
+        else:
+            depth = None
+            res = (await run_in_threadpool(ctx.index.search, q[None], k, None if flt.empty else flt,
+                                           offset))[0]
+            pairs = list(zip(res.scores.tolist(), res.items))
+            has_more = len(pairs) == k
         results = [Match(rank=offset + j + 1, score=float(s), distance=float(max(0.0, 2 - 2 * s)),
                          **ctx.item_out(it).model_dump())
-                   for j, (s, it) in enumerate(zip(res.scores, res.items))]
+                   for j, (s, it) in enumerate(pairs)]
         strip = None
         if attention and x is not None:
             png = await ctx.attn_batcher.submit(x)
             strip = "data:image/png;base64," + base64.b64encode(png).decode()
-        return SearchOut(query=query, k=k, offset=offset, has_more=len(results) == k,
-                         results=results, query_attention=strip,
+        return SearchOut(query=query, k=k, offset=offset, has_more=has_more, results=results,
+                         group=group, groups=groups, depth=depth, query_attention=strip,
                          took_ms=1e3 * (time.perf_counter() - t0))
 
     return router
