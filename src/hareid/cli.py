@@ -368,6 +368,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_tracklets(args: argparse.Namespace) -> int:
     """Person tracklets from footage: video files, frame folders or MOTChallenge sequences.
 
+    Each source is one camera: named by --camera (repeat it per source, in order) or its file
+    name, with an absolute start time from --start-time (repeatable), else the MP4/MOV creation
+    time, else 0 (printed per camera and kept in tracklets.json, per crop with the frame, box
+    and tracklet key "<camera>/<nnnn>").
     Detects people (static camera: MOG2 background subtraction, or --detector hog; a MOT
     sequence's det/det.txt or gt/gt.txt boxes are used as given), links them into tracklets
     (IoU + motion, Hungarian assignment), drops tracks that hold two people or too few frames,
@@ -459,7 +463,8 @@ def _extract_config(args: argparse.Namespace) -> Any:
     from hareid.footage import ExtractConfig
 
     return ExtractConfig(detector=args.detector, boxes=args.boxes, fps=args.fps, start=args.start,
-                         stop=args.stop, min_frames=args.min_frames, masks=args.masks)
+                         stop=args.stop, min_frames=args.min_frames, masks=args.masks,
+                         cameras=args.camera, start_times=args.start_time)
 
 
 def _add_footage_options(sp: argparse.ArgumentParser) -> None:
@@ -468,6 +473,13 @@ def _add_footage_options(sp: argparse.ArgumentParser) -> None:
                    help="people detector for a static camera (hog needs OpenCV 4.x)")
     g.add_argument("--boxes", default="auto", choices=["auto", "gt", "det", "detect"],
                    help="MOT sequences: given boxes (auto: gt, else det) or detect")
+    g.add_argument("--camera", action="append", default=None, metavar="NAME",
+                   help="camera name of each source, repeated in the order of the sources "
+                        "(default: the file or folder name)")
+    g.add_argument("--start-time", action="append", default=None, metavar="TIME",
+                   help="absolute time of each source's first frame, repeated in order: ISO 8601 "
+                        "(2024-05-01T08:30:00+02:00; no offset = UTC) or unix seconds (default: "
+                        "the MP4/MOV creation time, else 0)")
     g.add_argument("--fps", type=float, default=None, help="frame rate (frame folders default to 25)")
     g.add_argument("--start", type=int, default=0, help="first frame (0-based)")
     g.add_argument("--stop", type=int, default=None, help="stop before this frame")
@@ -539,6 +551,8 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                             "hareid ablate --variants full full_sigmoid --seeds 0 train.epochs=3"]),
     "tracklets": (cmd_tracklets, ["hareid tracklets street.mp4 --out data/street_tracklets",
                                   "hareid tracklets cam1.mp4 cam2.mp4 --out data/tracklets --start 0 --stop 3000",
+                                  "hareid tracklets a.mp4 b.avi --camera lobby --camera gate "
+                                  "--start-time 2024-05-01T08:30:00Z --start-time 2024-05-01T08:31:10Z --out data/site",
                                   "hareid tracklets MOT17/train/MOT17-09-DPM --out data/mot09 --boxes det"]),
     "adapt": (cmd_adapt, ["hareid adapt runs/demo/checkpoints/best.pt data/street_tracklets --out runs/street",
                           "hareid adapt best.pt street.mp4 --out runs/street train.epochs=4 adapt.merge=true"]),
