@@ -181,7 +181,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     """Embed a gallery into a vector index (FAISS + SQLite folder, milvus-lite .db or Milvus URI).
 
     ROOT is a dataset (its --split is indexed), any folder of images (indexed recursively; the
-    first sub-folder names the camera) or, with --meta, the folder a CSV of paths is relative to.
+    first sub-folder names the camera), with --meta the folder a CSV of paths is relative to, or
+    a tracklets folder (`hareid tracklets`), indexed as footage: every crop (or with
+    --per-tracklet one mean vector per tracklet) with its camera, absolute time, source video,
+    frame, box and tracklet.
     Resumable: images already in --out are skipped, so rerun the same command after a stop.
     Sharded: run it under torchrun (each rank embeds a share, rank 0 writes), e.g.
     `torchrun --nproc_per_node 4 -m hareid index CKPT ROOT --out DIR`.
@@ -195,15 +198,44 @@ def cmd_index(args: argparse.Namespace) -> int:
     res = index_gallery(args.checkpoint, args.root, args.out, dataset=args.dataset,
                         split=args.split, meta=args.meta, kind=kind, nlist=nlist,
                         nprobe=args.nprobe, pq_m=args.pq_m, collection=args.collection,
-                        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+                        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                        per_tracklet=args.per_tracklet)
     if res is None:  # a torchrun rank other than 0
         return 0
     info = res["index"]
+    if args.per_tracklet:
+        print(f"[hareid] index of {info['count']} tracklets ({info['dim']}-d, {info['backend']} "
+              f"{info['kind']}) -> {args.out}: {res['added']} added, {res['skipped']} already indexed")
+        return 0
     print(f"[hareid] index of {info['count']} images ({info['dim']}-d, {info['backend']} "
           f"{info['kind']}) -> {args.out}: {res['added']} added, {res['skipped']} already indexed")
     if res["unreadable"]:
         print(f"[hareid] {len(res['unreadable'])} unreadable images skipped, e.g. "
               f"{res['unreadable'][0]}")
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    """Link tracklets across cameras into global identities (MOTChallenge files + identities.json).
+
+    TRACKLETS are folders written by `hareid tracklets` (one or several; camera names unique).
+    Each tracklet is embedded (mean of its crops' unit embeddings, from --checkpoint or from the
+    crop vectors of an --index built on these folders) and tracklets are clustered by
+    average linkage on the cosine distance, never joining two tracklets seen at the same time in
+    one camera, nor a pair of cameras outside a --travel window, and stopping at --threshold
+    (auto: the 5 % quantile of the distances of those certain negatives). Writes
+    OUT/<camera>.txt (frame,id,x,y,w,h,conf,-1,-1,-1 with global ids) and OUT/identities.json.
+    """
+    from hareid.footage.link import link_folders
+
+    doc = link_folders(args.tracklets, args.out, checkpoint=args.checkpoint, index=args.index,
+                       threshold=args.threshold, travel=args.travel or (),
+                       batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet)
+    multi = sum(len({x["camera"] for x in v}) > 1 for v in doc["identities"].values())
+    print(f"[hareid] {doc['num_tracklets']} tracklets of {len(doc['cameras'])} cameras -> "
+          f"{doc['num_identities']} identities ({multi} seen in 2+ cameras; threshold "
+          f"{doc['threshold']:.3f}, {doc['threshold_from']})")
+    print(f"[hareid] links -> {args.out} ({', '.join(c + '.txt' for c in doc['cameras'])}, identities.json)")
     return 0
 
 
@@ -536,6 +568,9 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                           "hareid index best.pt photos/ --out photos.db   # milvus-lite",
                           "hareid index best.pt big/ --out big_index --kind ivfpq --nlist 16384",
                           "torchrun --nproc_per_node 4 -m hareid index best.pt big/ --out big_index"]),
+    "link": (cmd_link, ["hareid link data/site --checkpoint best.pt --out data/site_links",
+                        "hareid link data/day1 data/day2 --index site_index --out links --travel gate:lobby:5:60",
+                        "hareid link data/site --checkpoint best.pt --out links --threshold 0.25"]),
     "search": (cmd_search, ["hareid search runs/demo/checkpoints/best.pt gallery_index query.jpg -k 5",
                             "hareid search best.pt gallery_index q.jpg --camera 2 --time-min 100"]),
     "serve": (cmd_serve, ["hareid serve runs/demo/checkpoints/best.pt --gallery runs/demo/index",
@@ -666,6 +701,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--collection", default=None, help="Milvus collection (default hareid_gallery)")
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass and per commit")
     sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes per rank")
+    sp.add_argument("--per-tracklet", action="store_true",
+                    help="a tracklets folder: one mean vector per tracklet instead of every crop")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("link")
+    sp.add_argument("tracklets", nargs="+", help="tracklets folders written by `hareid tracklets`")
+    sp.add_argument("--out", required=True, help="folder to write (per-camera MOT files, identities.json)")
+    emb = sp.add_mutually_exclusive_group(required=True)
+    emb.add_argument("--checkpoint", default=None, help="embed the crops with this checkpoint")
+    emb.add_argument("--index", default=None,
+                     help="take the crop vectors from this index (built by `hareid index` on the folders)")
+    sp.add_argument("--threshold", default="auto",
+                    help="cosine distance at which clustering stops, or auto (from certain negatives)")
+    sp.add_argument("--travel", action="append", default=None, metavar="CAM_A:CAM_B:MIN_S:MAX_S",
+                    help="seconds between leaving one camera's view and entering the other's "
+                         "(repeatable; negative MIN for overlapping views)")
+    sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("search")
