@@ -332,9 +332,16 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     included) is reused. --version 1: cartoon pedestrians, one background per camera; --version 2:
     detector-like street crops (random street scenes, passers-by, misaligned boxes, occluders,
     views, motion blur, JPEG; street clothing with small identity details).
+    --video: instead, a multi-camera sequence with ground truth: --people people (v2 renderer)
+    walking along a street seen by --num-cams static cameras (default 3: two overlapping views
+    and a disjoint one, each starting 3 s after the previous), --frames frames each, as MOT
+    sequences (ROOT/<camera>/img1, gt/gt.txt with GLOBAL ids, seqinfo.ini) or --format video
+    (ROOT/<camera>/<camera>.avi); ROOT/cameras.json gives each camera's start time.
     """
     import time
 
+    if args.video:
+        return _synthetic_video(args)
     from hareid.data.synthetic import (
         DEFAULT_VERSION,
         load_synthetic,
@@ -346,14 +353,37 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     root = write_synthetic(
         Path(args.root), seed=args.seed, num_train_ids=args.train_ids, num_test_ids=args.test_ids,
-        images_per_id=args.images_per_id, num_cams=args.num_cams, height=args.height,
-        width=args.width, progress=not args.quiet, version=version, workers=args.workers,
+        images_per_id=args.images_per_id, num_cams=args.num_cams or 6, height=args.height or 160,
+        width=args.width or 64, progress=not args.quiet, version=version, workers=args.workers,
     )
     seconds = time.perf_counter() - t0
     print(load_synthetic(root).summary())
     print(f"[hareid] synthetic benchmark v{version} at {root} ({seconds:.1f} s)")
     if args.grid:
         print(f"[hareid] sample grid: {save_sample_grid(root, args.grid)}")
+    return 0
+
+
+def _synthetic_video(args: argparse.Namespace) -> int:
+    import time
+
+    from hareid.data.synthetic_video import write_synthetic_video
+
+    t0 = time.perf_counter()
+    meta = write_synthetic_video(
+        args.root, seed=args.seed, num_cams=args.num_cams or 3, num_people=args.people,
+        frames=args.frames, height=args.height or 360, width=args.width or 640, fps=args.fps,
+        fmt=args.format, overwrite=args.overwrite, progress=not args.quiet)
+    root = Path(args.root)
+    for c in meta["cameras"]:
+        print(f"camera {c['name']}: {root / c['path']}, starts {c['start_time_iso']}, street "
+              f"{c['x0']:g}-{c['x1']:g} m{' (mirrored)' if c['mirror'] else ''}, people {c['people']}")
+    names = " ".join(str(root / c["path"]) for c in meta["cameras"])
+    cams = " ".join(f"--camera {c['name']}" for c in meta["cameras"])
+    starts = " ".join(f"--start-time {c['start_time_iso']}" for c in meta["cameras"])
+    print(f"[hareid] synthetic video ({len(meta['cameras'])} cameras x {meta['frames']} frames, "
+          f"{len(meta['people'])} people) at {root} ({time.perf_counter() - t0:.1f} s)")
+    print(f"[hareid] next: hareid tracklets {names} {cams} {starts} --out TRACKLETS")
     return 0
 
 
@@ -580,7 +610,8 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
                                   "hareid synthetic data/synthetic-v2 --version 2 --grid grid.png",
-                                  "hareid synthetic data/small --train-ids 20 --test-ids 20 --grid grid.png"]),
+                                  "hareid synthetic data/small --train-ids 20 --test-ids 20 --grid grid.png",
+                                  "hareid synthetic data/street --video --num-cams 3 --people 8 --frames 300"]),
     "attention-score": (cmd_attention_score, ["hareid attention-score runs/demo"]),
     "ablate": (cmd_ablate, ["hareid ablate --data-root data/synthetic-v2 --seeds 0 1 2",
                             "hareid ablate --variants full full_sigmoid --seeds 0 train.epochs=3"]),
@@ -759,14 +790,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train-ids", type=int, default=100, help="training identities")
     sp.add_argument("--test-ids", type=int, default=100, help="test identities (query + gallery)")
     sp.add_argument("--images-per-id", type=int, default=20, help="images per identity (+-25%%)")
-    sp.add_argument("--num-cams", type=int, default=6, help="cameras")
-    sp.add_argument("--height", type=int, default=160, help="image height")
-    sp.add_argument("--width", type=int, default=64, help="image width")
+    sp.add_argument("--num-cams", type=int, default=None, help="cameras (default 6; --video: 3)")
+    sp.add_argument("--height", type=int, default=None, help="image height (default 160; --video: 360)")
+    sp.add_argument("--width", type=int, default=None, help="image width (default 64; --video: 640)")
     sp.add_argument("--version", type=int, default=None, choices=[1, 2],
                     help="generator version (default: hareid's default, 1)")
     sp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     sp.add_argument("--grid", default=None, help="also save a sample grid PNG here")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = sp.add_argument_group("--video: a multi-camera street sequence with ground truth")
+    g.add_argument("--video", action="store_true", help="write the multi-camera sequence instead")
+    g.add_argument("--people", type=_positive, default=8, help="people walking the street")
+    g.add_argument("--frames", type=_positive, default=300, help="frames per camera")
+    g.add_argument("--fps", type=float, default=10.0, help="frame rate")
+    g.add_argument("--format", default="frames", choices=["frames", "video"],
+                   help="MOT sequences of JPEG frames, or one MJPG .avi per camera")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing ROOT")
 
     sp = add("attention-score")
     sp.add_argument("run_dir", help="a run folder trained on the synthetic benchmark")
