@@ -373,7 +373,8 @@ def _synthetic_video(args: argparse.Namespace) -> int:
     meta = write_synthetic_video(
         args.root, seed=args.seed, num_cams=args.num_cams or 3, num_people=args.people,
         frames=args.frames, height=args.height or 360, width=args.width or 640, fps=args.fps,
-        fmt=args.format, overwrite=args.overwrite, progress=not args.quiet)
+        fmt=args.format, hard_negative_frac=args.hard_negatives, overwrite=args.overwrite,
+        progress=not args.quiet)
     root = Path(args.root)
     for c in meta["cameras"]:
         print(f"camera {c['name']}: {root / c['path']}, starts {c['start_time_iso']}, street "
@@ -805,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, default=10.0, help="frame rate")
     g.add_argument("--format", default="frames", choices=["frames", "video"],
                    help="MOT sequences of JPEG frames, or one MJPG .avi per camera")
+    g.add_argument("--hard-negatives", type=float, default=0.0, metavar="FRAC",
+                   help="share of people in look-alike pairs (differ in one detail: bag, shoes, hair...)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing ROOT")
 
     sp = add("attention-score")
