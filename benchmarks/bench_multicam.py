@@ -288,15 +288,15 @@ def vtest(args: argparse.Namespace) -> None:
     trk = []
     for k, (lo, hi) in enumerate(((0, half), (half, n))):
         d = out / f"tracklets-half{k}"
-        cfg = ExtractConfig(start=lo, stop=hi, cameras=[f"half{k}"],
-                            start_times=["2024-05-01T08:00:00Z" if k == 0 else "2024-05-01T08:00:39.7Z"])
+        # the start time is the time of the source's frame 0: the same for both halves
+        cfg = ExtractConfig(start=lo, stop=hi, cameras=[f"half{k}"], start_times=["2024-05-01T08:00:00Z"])
         tic = time.perf_counter()
         meta = extract_tracklets([args.vtest], d, cfg, overwrite=True, progress=False)
         print(f"vtest half {k}: frames {lo}-{hi - 1}, {len(meta['tracklets'])} tracklets, "
               f"{sum(len(t['crops']) for t in meta['tracklets'])} crops, {time.perf_counter() - tic:.1f} s; "
               f"start {meta['sources'][0]['start_time_iso']} ({meta['sources'][0]['start_time_from']})")
         trk.append(d)
-    embed = hareid_embedder(args.checkpoint) if args.checkpoint else colour_histogram
+    embed = hareid_embedder(args.checkpoint) if args.checkpoint else deepsort_embedder()
     doc = link_folders(trk, out / "links", embed=embed, overwrite=True, progress=False)
     multi = [v for v in doc["identities"].values() if len({x["camera"] for x in v}) > 1]
     print(f"vtest linked: {doc['num_tracklets']} tracklets -> {doc['num_identities']} identities, "

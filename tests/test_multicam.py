@@ -96,6 +96,19 @@ def test_multi_source_tracklets_keep_cameras_and_times(seq, tracklets) -> None:
     assert max(t["start_time"] for t in one) < min(t["end_time"] for t in one)
 
 
+def test_tracklets_cli_says_where_each_start_time_came_from(seq, tmp_path: Path, capsys) -> None:
+    root, _ = seq
+    argv = ["tracklets", str(root / "cam0"), str(root / "cam1" / "img1"), "--camera", "east",
+            "--camera", "west", "--start-time", "2024-05-01T10:00:00+02:00", "--start-time", "0",
+            "--out", str(tmp_path / "t"), "--min-frames", "4", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"camera east: {root / 'cam0'}, starts 2024-05-01T08:00:00+00:00 (from --start-time)" in out
+    assert "camera west:" in out and "starts 1970-01-01T00:00:00+00:00 (from --start-time)" in out
+    assert main(argv[:5] + argv[7:]) == 2  # one --camera for two sources
+    assert "1 --camera values for 2 footage sources" in capsys.readouterr().err
+
+
 def test_index_records_of_a_tracklets_folder_are_footage(tracklets, tmp_path: Path) -> None:
     out, meta = tracklets
     recs = footage_records(out)
