@@ -198,13 +198,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     cams = [c["name"] for c in meta["cameras"]]
     gts = {c["name"]: read_mot(seq / c["gt"]) for c in meta["cameras"]}
     embedders: dict[str, Embed] = {}
-    if args.checkpoint:
+    if args.checkpoint and "hareid" in args.embedders:
         embedders["hareid (checkpoint)"] = hareid_embedder(args.checkpoint)
-    embedders["colour histogram"] = colour_histogram
-    try:
-        embedders["DeepSORT embedder"] = deepsort_embedder()
-    except Exception as e:
-        print(f"DeepSORT embedder unavailable: {type(e).__name__}: {e}")
+    if "colour" in args.embedders:
+        embedders["colour histogram"] = colour_histogram
+    if "deepsort" in args.embedders:
+        try:
+            embedders["DeepSORT embedder"] = deepsort_embedder()
+        except Exception as e:
+            print(f"DeepSORT embedder unavailable: {type(e).__name__}: {e}")
     out = Path(args.out)
     rows = []
     for boxes in args.boxes:
@@ -212,19 +214,23 @@ def run(args: argparse.Namespace) -> list[dict]:
         cfg = ExtractConfig(boxes="gt" if boxes == "gt" else "detect", cameras=cams,
                             start_times=[c["start_time_iso"] for c in meta["cameras"]], masks=False)
         tic = time.perf_counter()
-        extract_tracklets([seq / c["sequence"] for c in meta["cameras"]], trk, cfg, overwrite=True,
-                          progress=False)
+        if args.reuse and (trk / "tracklets.json").is_file():
+            print(f"[{boxes}] reusing {trk}")
+        else:
+            extract_tracklets([seq / c["sequence"] for c in meta["cameras"]], trk, cfg, overwrite=True,
+                              progress=False)
         t_extract = time.perf_counter() - tic
         tracks = load_tracks([trk])
         truth = [majority_person(t, gts[t.camera]) for t in tracks]
         n_crops = sum(len(t.crops) for t in tracks)
         print(f"[{boxes}] {len(tracks)} tracklets, {n_crops} crops, {t_extract:.1f} s "
               f"({1000 * t_extract / (len(cams) * meta['frames']):.0f} ms/frame)")
-        variants: dict[str, tuple[np.ndarray, float, float]] = {
-            "no link": (np.arange(len(tracks)), float("nan"), 0.0)}
-        ids = sorted(set(truth))
-        variants["oracle link"] = (np.array([ids.index(p) if p >= 0 else len(ids) + i
-                                             for i, p in enumerate(truth)]), float("nan"), 0.0)
+        variants: dict[str, tuple[np.ndarray, float, float]] = {}
+        if not args.no_references:
+            ids = sorted(set(truth))
+            variants["no link"] = (np.arange(len(tracks)), float("nan"), 0.0)
+            variants["oracle link"] = (np.array([ids.index(p) if p >= 0 else len(ids) + i
+                                                 for i, p in enumerate(truth)]), float("nan"), 0.0)
         for name, embed in embedders.items():
             tic = time.perf_counter()
             feats = embed([p for t in tracks for _, _, p in t.crops])
@@ -256,7 +262,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             print(f"  {name:<34} ids {row['identities']:>3}  pairs P {prec:.2f} R {rec:.2f}  "
                   + "  ".join(f"{c}: MOTA {per[c]['MOTA']:.3f} IDF1 {per[c]['IDF1']:.3f}" for c in cams)
                   + f"  | cross IDF1 {cross['IDF1']:.3f} HOTA {cross['HOTA']:.3f}")
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    (out / f"results{args.tag}.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -312,6 +318,11 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/mc/bench")
     ap.add_argument("--boxes", nargs="+", default=["detect", "gt"], choices=["detect", "gt"])
     ap.add_argument("--thresholds", nargs="+", default=["auto"], help="link thresholds (auto or numbers)")
+    ap.add_argument("--embedders", nargs="+", default=["hareid", "colour", "deepsort"],
+                    choices=["hareid", "colour", "deepsort"], help="which embeddings link (hareid needs --checkpoint)")
+    ap.add_argument("--no-references", action="store_true", help="skip the no-link and oracle rows")
+    ap.add_argument("--reuse", action="store_true", help="reuse OUT/tracklets-* written by an earlier run")
+    ap.add_argument("--tag", default="", help="suffix of results.json / results.md")
     ap.add_argument("--vtest", default=None, help="a real video: link its two halves (sanity check)")
     args = ap.parse_args()
     if args.vtest:
@@ -320,7 +331,7 @@ def main() -> None:
     rows = run(args)
     meta = json.loads((Path(args.seq) / "cameras.json").read_text())
     table = markdown(rows, [c["name"] for c in meta["cameras"]])
-    (Path(args.out) / "results.md").write_text(table + "\n")
+    (Path(args.out) / f"results{args.tag}.md").write_text(table + "\n")
     print(table)
 
 
