@@ -19,7 +19,7 @@ from PIL import Image
 from hareid.cli import _one_line, build_parser, main
 
 COMMANDS = ["demo", "train", "eval", "report", "visualize", "export", "index", "search", "serve",
-            "datasets", "synthetic", "attention-score", "ablate", "tracklets", "adapt"]
+            "datasets", "synthetic", "attention-score", "ablate", "tracklets", "adapt", "link"]
 
 
 @pytest.fixture(scope="session")

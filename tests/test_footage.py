@@ -258,17 +258,63 @@ def test_hog_detector_or_a_clear_error() -> None:
     assert boxes.shape[1] == 4 and fg is None
 
 
-def test_several_sources_get_unique_names(video, tmp_path: Path) -> None:
+def test_several_sources_are_cameras(video, tmp_path: Path) -> None:
+    """Two files with one name clash (one clear line, nothing written); --camera names them."""
     path, _ = video
     for d in ("cam1", "cam2"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "street.avi").write_bytes(path.read_bytes())
-    meta = extract_tracklets([tmp_path / "cam1" / "street.avi", tmp_path / "cam2" / "street.avi"],
-                             tmp_path / "out", ExtractConfig(stop=50), progress=False)
-    assert [s["name"] for s in meta["sources"]] == ["street", "street-2"]
-    assert {t["source"] for t in meta["tracklets"]} == {"street", "street-2"}
+    two = [tmp_path / "cam1" / "street.avi", tmp_path / "cam2" / "street.avi"]
+    with pytest.raises(DataError, match=r"camera name 'street' given to both .*--camera NAME"):
+        extract_tracklets(two, tmp_path / "out", ExtractConfig(stop=50), progress=False)
+    assert not (tmp_path / "out").exists()
+    cfg = ExtractConfig(stop=50, cameras=["east", "west"], start_times=["2024-05-01T08:00:00Z", "1714550460"])
+    meta = extract_tracklets(two, tmp_path / "out", cfg, progress=False)
+    assert [(s["name"], s["start_time"], s["start_time_from"]) for s in meta["sources"]] == [
+        ("east", 1714550400.0, "--start-time"), ("west", 1714550460.0, "--start-time")]
+    assert {t["camera"] for t in meta["tracklets"]} == {"east", "west"}
+    for t in meta["tracklets"]:
+        start = 1714550400.0 if t["camera"] == "east" else 1714550460.0
+        assert t["key"] == f"{t['camera']}/{t['index']:04d}"
+        for c in t["crops"]:
+            assert (c["camera"], c["tracklet"], c["source_path"]) == (t["camera"], t["key"], str(two[t["camera"] == "west"]))
+            assert c["abs_time"] == pytest.approx(start + c["frame"] / 10)
     ds = build_dataset("tracklets", tmp_path / "out", verbose=False, gap=1.0)
     assert ds.num_train_cams == 2
+
+
+def test_camera_and_start_time_errors(video, tmp_path: Path, capsys) -> None:
+    path, _ = video
+    for argv, msg in (
+        (["--camera", "a", "--camera", "b"], "2 --camera values for 1 footage sources"),
+        (["--camera", "a/b"], "--camera 'a/b': a camera name is"),
+        (["--start-time", "yesterday"], "--start-time 'yesterday': not a time; give ISO 8601"),
+    ):
+        assert main(["tracklets", str(path), "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_start_time_from_an_mp4_creation_time(tmp_path: Path) -> None:
+    from hareid.footage.readers import container_creation_time, parse_start_time
+
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+    t = 1714550400  # 2024-05-01T08:00:00Z
+    mvhd = box(b"mvhd", bytes(4) + (t + 2082844800).to_bytes(4, "big") + bytes(92))
+    f = tmp_path / "clip.mp4"
+    f.write_bytes(box(b"ftyp", b"isom" + bytes(4)) + box(b"free", bytes(5)) + box(b"moov", mvhd))
+    assert container_creation_time(f) == t
+    mvhd1 = box(b"mvhd", b"\x01" + bytes(3) + (t + 2082844800).to_bytes(8, "big") + bytes(100))
+    f.write_bytes(box(b"moov", mvhd1))
+    assert container_creation_time(f) == t
+    f.write_bytes(box(b"moov", box(b"mvhd", bytes(100))))  # zero: not set
+    assert container_creation_time(f) is None
+    f.write_bytes(b"\x00\x00")
+    assert container_creation_time(f) is None
+    assert parse_start_time("2024-05-01T10:00:00+02:00") == t == parse_start_time("2024-05-01 08:00:00")
 
 
 def test_not_a_video(tmp_path: Path) -> None:

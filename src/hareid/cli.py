@@ -214,7 +214,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     """Embed a gallery into a vector index (FAISS + SQLite folder, milvus-lite .db or Milvus URI).
 
     ROOT is a dataset (its --split is indexed), any folder of images (indexed recursively; the
-    first sub-folder names the camera) or, with --meta, the folder a CSV of paths is relative to.
+    first sub-folder names the camera), with --meta the folder a CSV of paths is relative to, or
+    a tracklets folder (`hareid tracklets`), indexed as footage: every crop (or with
+    --per-tracklet one mean vector per tracklet) with its camera, absolute time, source video,
+    frame, box and tracklet.
     Resumable: images already in --out are skipped, so rerun the same command after a stop.
     Sharded: run it under torchrun (each rank embeds a share, rank 0 writes), e.g.
     `torchrun --nproc_per_node 4 -m hareid index CKPT ROOT --out DIR`.
@@ -229,15 +232,43 @@ def cmd_index(args: argparse.Namespace) -> int:
                         split=args.split, meta=args.meta, kind=kind, nlist=nlist,
                         nprobe=args.nprobe, pq_m=args.pq_m, collection=args.collection,
                         batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
-                        dtype=args.dtype, calibration=args.calib)
+                        dtype=args.dtype, calibration=args.calib, per_tracklet=args.per_tracklet)
     if res is None:  # a torchrun rank other than 0
         return 0
     info = res["index"]
+    if args.per_tracklet:
+        print(f"[hareid] index of {info['count']} tracklets ({info['dim']}-d, {info['backend']} "
+              f"{info['kind']}) -> {args.out}: {res['added']} added, {res['skipped']} already indexed")
+        return 0
     print(f"[hareid] index of {info['count']} images ({info['dim']}-d, {info['backend']} "
           f"{info['kind']}) -> {args.out}: {res['added']} added, {res['skipped']} already indexed")
     if res["unreadable"]:
         print(f"[hareid] {len(res['unreadable'])} unreadable images skipped, e.g. "
               f"{res['unreadable'][0]}")
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    """Link tracklets across cameras into global identities (MOTChallenge files + identities.json).
+
+    TRACKLETS are folders written by `hareid tracklets` (one or several; camera names unique).
+    Each tracklet is embedded (mean of its crops' unit embeddings, from --checkpoint or from the
+    crop vectors of an --index built on these folders) and tracklets are clustered by
+    average linkage on the cosine distance, never joining two tracklets seen at the same time in
+    one camera, nor a pair of cameras outside a --travel window, and stopping at --threshold
+    (auto: the 5 % quantile of the distances of those certain negatives). Writes
+    OUT/<camera>.txt (frame,id,x,y,w,h,conf,-1,-1,-1 with global ids) and OUT/identities.json.
+    """
+    from hareid.footage.link import link_folders
+
+    doc = link_folders(args.tracklets, args.out, checkpoint=args.checkpoint, index=args.index,
+                       threshold=args.threshold, travel=args.travel or (),
+                       batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet)
+    multi = sum(len({x["camera"] for x in v}) > 1 for v in doc["identities"].values())
+    print(f"[hareid] {doc['num_tracklets']} tracklets of {len(doc['cameras'])} cameras -> "
+          f"{doc['num_identities']} identities ({multi} seen in 2+ cameras; threshold "
+          f"{doc['threshold']:.3f}, {doc['threshold_from']})")
+    print(f"[hareid] links -> {args.out} ({', '.join(c + '.txt' for c in doc['cameras'])}, identities.json)")
     return 0
 
 
@@ -341,9 +372,16 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     included) is reused. --version 1: cartoon pedestrians, one background per camera; --version 2:
     detector-like street crops (random street scenes, passers-by, misaligned boxes, occluders,
     views, motion blur, JPEG; street clothing with small identity details).
+    --video: instead, a multi-camera sequence with ground truth: --people people (v2 renderer)
+    walking along a street seen by --num-cams static cameras (default 3: two overlapping views
+    and a disjoint one, each starting 3 s after the previous), --frames frames each, as MOT
+    sequences (ROOT/<camera>/img1, gt/gt.txt with GLOBAL ids, seqinfo.ini) or --format video
+    (ROOT/<camera>/<camera>.avi); ROOT/cameras.json gives each camera's start time.
     """
     import time
 
+    if args.video:
+        return _synthetic_video(args)
     from hareid.data.synthetic import (
         DEFAULT_VERSION,
         load_synthetic,
@@ -355,14 +393,38 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     root = write_synthetic(
         Path(args.root), seed=args.seed, num_train_ids=args.train_ids, num_test_ids=args.test_ids,
-        images_per_id=args.images_per_id, num_cams=args.num_cams, height=args.height,
-        width=args.width, progress=not args.quiet, version=version, workers=args.workers,
+        images_per_id=args.images_per_id, num_cams=args.num_cams or 6, height=args.height or 160,
+        width=args.width or 64, progress=not args.quiet, version=version, workers=args.workers,
     )
     seconds = time.perf_counter() - t0
     print(load_synthetic(root).summary())
     print(f"[hareid] synthetic benchmark v{version} at {root} ({seconds:.1f} s)")
     if args.grid:
         print(f"[hareid] sample grid: {save_sample_grid(root, args.grid)}")
+    return 0
+
+
+def _synthetic_video(args: argparse.Namespace) -> int:
+    import time
+
+    from hareid.data.synthetic_video import write_synthetic_video
+
+    t0 = time.perf_counter()
+    meta = write_synthetic_video(
+        args.root, seed=args.seed, num_cams=args.num_cams or 3, num_people=args.people,
+        frames=args.frames, height=args.height or 360, width=args.width or 640, fps=args.fps,
+        fmt=args.format, hard_negative_frac=args.hard_negatives, overwrite=args.overwrite,
+        progress=not args.quiet)
+    root = Path(args.root)
+    for c in meta["cameras"]:
+        print(f"camera {c['name']}: {root / c['path']}, starts {c['start_time_iso']}, street "
+              f"{c['x0']:g}-{c['x1']:g} m{' (mirrored)' if c['mirror'] else ''}, people {c['people']}")
+    names = " ".join(str(root / c["path"]) for c in meta["cameras"])
+    cams = " ".join(f"--camera {c['name']}" for c in meta["cameras"])
+    starts = " ".join(f"--start-time {c['start_time_iso']}" for c in meta["cameras"])
+    print(f"[hareid] synthetic video ({len(meta['cameras'])} cameras x {meta['frames']} frames, "
+          f"{len(meta['people'])} people) at {root} ({time.perf_counter() - t0:.1f} s)")
+    print(f"[hareid] next: hareid tracklets {names} {cams} {starts} --out TRACKLETS")
     return 0
 
 
@@ -409,6 +471,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_tracklets(args: argparse.Namespace) -> int:
     """Person tracklets from footage: video files, frame folders or MOTChallenge sequences.
 
+    Each source is one camera: named by --camera (repeat it per source, in order) or its file
+    name, with an absolute start time from --start-time (repeatable), else the MP4/MOV creation
+    time, else 0 (printed per camera and kept in tracklets.json, per crop with the frame, box
+    and tracklet key "<camera>/<nnnn>").
     Detects people (static camera: MOG2 background subtraction, or --detector hog; a MOT
     sequence's det/det.txt or gt/gt.txt boxes are used as given), links them into tracklets
     (IoU + motion, Hungarian assignment), drops tracks that hold two people or too few frames,
@@ -534,7 +600,8 @@ def _extract_config(args: argparse.Namespace) -> Any:
     from hareid.footage import ExtractConfig
 
     return ExtractConfig(detector=args.detector, boxes=args.boxes, fps=args.fps, start=args.start,
-                         stop=args.stop, min_frames=args.min_frames, masks=args.masks)
+                         stop=args.stop, min_frames=args.min_frames, masks=args.masks,
+                         cameras=args.camera, start_times=args.start_time)
 
 
 def _add_footage_options(sp: argparse.ArgumentParser) -> None:
@@ -543,6 +610,13 @@ def _add_footage_options(sp: argparse.ArgumentParser) -> None:
                    help="people detector for a static camera (hog needs OpenCV 4.x)")
     g.add_argument("--boxes", default="auto", choices=["auto", "gt", "det", "detect"],
                    help="MOT sequences: given boxes (auto: gt, else det) or detect")
+    g.add_argument("--camera", action="append", default=None, metavar="NAME",
+                   help="camera name of each source, repeated in the order of the sources "
+                        "(default: the file or folder name)")
+    g.add_argument("--start-time", action="append", default=None, metavar="TIME",
+                   help="absolute time of each source's first frame, repeated in order: ISO 8601 "
+                        "(2024-05-01T08:30:00+02:00; no offset = UTC) or unix seconds (default: "
+                        "the MP4/MOV creation time, else 0)")
     g.add_argument("--fps", type=float, default=None, help="frame rate (frame folders default to 25)")
     g.add_argument("--start", type=int, default=0, help="first frame (0-based)")
     g.add_argument("--stop", type=int, default=None, help="stop before this frame")
@@ -599,6 +673,9 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                           "hareid index best.pt photos/ --out photos.db   # milvus-lite",
                           "hareid index best.pt big/ --out big_index --kind ivfpq --nlist 16384",
                           "torchrun --nproc_per_node 4 -m hareid index best.pt big/ --out big_index"]),
+    "link": (cmd_link, ["hareid link data/site --checkpoint best.pt --out data/site_links",
+                        "hareid link data/day1 data/day2 --index site_index --out links --travel gate:lobby:5:60",
+                        "hareid link data/site --checkpoint best.pt --out links --threshold 0.25"]),
     "search": (cmd_search, ["hareid search runs/demo/checkpoints/best.pt gallery_index query.jpg -k 5",
                             "hareid search best.pt gallery_index q.jpg --camera 2 --time-min 100"]),
     "serve": (cmd_serve, ["hareid serve runs/demo/checkpoints/best.pt --gallery runs/demo/index",
@@ -609,12 +686,15 @@ _HELP: dict[str, tuple[Callable[[argparse.Namespace], int], list[str]]] = {
                                 "hareid datasets data/cuhk03 --dataset cuhk03 --verify-images"]),
     "synthetic": (cmd_synthetic, ["hareid synthetic data/synthetic",
                                   "hareid synthetic data/synthetic-v2 --version 2 --grid grid.png",
-                                  "hareid synthetic data/small --train-ids 20 --test-ids 20 --grid grid.png"]),
+                                  "hareid synthetic data/small --train-ids 20 --test-ids 20 --grid grid.png",
+                                  "hareid synthetic data/street --video --num-cams 3 --people 8 --frames 300"]),
     "attention-score": (cmd_attention_score, ["hareid attention-score runs/demo"]),
     "ablate": (cmd_ablate, ["hareid ablate --data-root data/synthetic-v2 --seeds 0 1 2",
                             "hareid ablate --variants full full_sigmoid --seeds 0 train.epochs=3"]),
     "tracklets": (cmd_tracklets, ["hareid tracklets street.mp4 --out data/street_tracklets",
                                   "hareid tracklets cam1.mp4 cam2.mp4 --out data/tracklets --start 0 --stop 3000",
+                                  "hareid tracklets a.mp4 b.avi --camera lobby --camera gate "
+                                  "--start-time 2024-05-01T08:30:00Z --start-time 2024-05-01T08:31:10Z --out data/site",
                                   "hareid tracklets MOT17/train/MOT17-09-DPM --out data/mot09 --boxes det"]),
     "adapt": (cmd_adapt, ["hareid adapt runs/demo/checkpoints/best.pt data/street_tracklets --out runs/street",
                           "hareid adapt best.pt street.mp4 --out runs/street train.epochs=4 adapt.merge=true"]),
@@ -750,6 +830,24 @@ def _add_gallery_commands(add: _AddCommand) -> None:
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass and per commit")
     sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes per rank")
     _dtype_args(sp, "ROOT")
+    sp.add_argument("--per-tracklet", action="store_true",
+                    help="a tracklets folder: one mean vector per tracklet instead of every crop")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = add("link")
+    sp.add_argument("tracklets", nargs="+", help="tracklets folders written by `hareid tracklets`")
+    sp.add_argument("--out", required=True, help="folder to write (per-camera MOT files, identities.json)")
+    emb = sp.add_mutually_exclusive_group(required=True)
+    emb.add_argument("--checkpoint", default=None, help="embed the crops with this checkpoint")
+    emb.add_argument("--index", default=None,
+                     help="take the crop vectors from this index (built by `hareid index` on the folders)")
+    sp.add_argument("--threshold", default="auto",
+                    help="cosine distance at which clustering stops, or auto (from certain negatives)")
+    sp.add_argument("--travel", action="append", default=None, metavar="CAM_A:CAM_B:MIN_S:MAX_S",
+                    help="seconds between leaving one camera's view and entering the other's "
+                         "(repeatable; negative MIN for overlapping views)")
+    sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = add("search")
@@ -805,14 +903,24 @@ def _add_data_commands(add: _AddCommand) -> None:
     sp.add_argument("--train-ids", type=int, default=100, help="training identities")
     sp.add_argument("--test-ids", type=int, default=100, help="test identities (query + gallery)")
     sp.add_argument("--images-per-id", type=int, default=20, help="images per identity (+-25%%)")
-    sp.add_argument("--num-cams", type=int, default=6, help="cameras")
-    sp.add_argument("--height", type=int, default=160, help="image height")
-    sp.add_argument("--width", type=int, default=64, help="image width")
+    sp.add_argument("--num-cams", type=int, default=None, help="cameras (default 6; --video: 3)")
+    sp.add_argument("--height", type=int, default=None, help="image height (default 160; --video: 360)")
+    sp.add_argument("--width", type=int, default=None, help="image width (default 64; --video: 640)")
     sp.add_argument("--version", type=int, default=None, choices=[1, 2],
                     help="generator version (default: hareid's default, 1)")
     sp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     sp.add_argument("--grid", default=None, help="also save a sample grid PNG here")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = sp.add_argument_group("--video: a multi-camera street sequence with ground truth")
+    g.add_argument("--video", action="store_true", help="write the multi-camera sequence instead")
+    g.add_argument("--people", type=_positive, default=8, help="people walking the street")
+    g.add_argument("--frames", type=_positive, default=300, help="frames per camera")
+    g.add_argument("--fps", type=float, default=10.0, help="frame rate")
+    g.add_argument("--format", default="frames", choices=["frames", "video"],
+                   help="MOT sequences of JPEG frames, or one MJPG .avi per camera")
+    g.add_argument("--hard-negatives", type=float, default=0.0, metavar="FRAC",
+                   help="share of people in look-alike pairs (differ in one detail: bag, shoes, hair...)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing ROOT")
 
     sp = add("attention-score")
     sp.add_argument("run_dir", help="a run folder trained on the synthetic benchmark")

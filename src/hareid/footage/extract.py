@@ -8,10 +8,13 @@ line, Ctrl-C) leaves nothing behind, and the footage is only ever read.
 
 Output layout (the ``tracklets`` dataset layout, read by :mod:`hareid.data.tracklets`)::
 
-    OUT/tracklets.json                 sources, parameters, and per tracklet its crops
-                                       (file, mask, frame, time in s, box, crop box)
-    OUT/crops/<source>/<nnnn>/<source>_<nnnn>_<frame>.jpg
-    OUT/masks/<source>/<nnnn>/<source>_<nnnn>_<frame>.png   foreground masks (MOG2 only)
+    OUT/tracklets.json                 sources (one camera each: name, path, start time and where
+                                       it came from), parameters, and per tracklet (key
+                                       "<camera>/<nnnn>") its crops: file, mask, frame, time (s
+                                       into the source), abs_time (unix s), camera, source_path
+                                       (video or frame folder), tracklet key, box, crop box
+    OUT/crops/<camera>/<nnnn>/<camera>_<nnnn>_<frame>.jpg
+    OUT/masks/<camera>/<nnnn>/<camera>_<nnnn>_<frame>.png   foreground masks (MOG2 only)
     OUT/summary.txt                    one line per tracklet, and totals
     OUT/contact_sheet.jpg              one row per tracklet: crops spread over its life
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,7 +38,7 @@ from hareid.errors import DataError, HareidError
 from hareid.fileio import ensure_disjoint, umask_mode
 from hareid.footage.detect import build_detector
 from hareid.footage.masks import person_mask
-from hareid.footage.readers import FrameSource, import_cv2, open_footage
+from hareid.footage.readers import FrameSource, import_cv2, open_footage, set_start_time
 from hareid.footage.track import (
     Detection,
     TrackerConfig,
@@ -47,7 +51,8 @@ from hareid.footage.track import (
 )
 from hareid.progress import progress as progress_bar
 
-__all__ = ["FORMAT", "ExtractConfig", "SourceResult", "extract_tracklets", "prepare_output"]
+__all__ = ["FORMAT", "ExtractConfig", "SourceResult", "extract_tracklets", "open_sources",
+           "prepare_output"]
 
 FORMAT = "hareid-tracklets"
 
@@ -69,6 +74,8 @@ class ExtractConfig:
     iou_min: float = 0.2
     min_height: float = 0.07  # smallest person, fraction of the frame height (detectors)
     jpeg_quality: int = 95
+    cameras: list[str] | None = None  # camera name per source, in order (default: the file stem)
+    start_times: list[str] | None = None  # absolute start per source (ISO 8601 or unix seconds)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self) -> None:
@@ -222,14 +229,8 @@ def extract_tracklets(footage: Sequence[str | os.PathLike], out: str | os.PathLi
     if not footage:
         raise DataError("no footage given; pass video files, frame folders or MOT sequence folders")
     ensure_disjoint(out, footage)  # footage is only read: --out may not be, hold or sit inside it
+    sources = open_sources(footage, cfg)
     out = prepare_output(out, overwrite)
-    sources = [open_footage(p, cfg.fps, cfg.start, cfg.stop, cfg.boxes) for p in footage]
-    names: dict[str, int] = {}
-    for s in sources:  # unique source names (two videos called cam.mp4 in different folders)
-        k = names.get(s.name, 0)
-        names[s.name] = k + 1
-        if k:
-            s.name = f"{s.name}-{k + 1}"
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         os.chmod(tmp, umask_mode(folder=True))  # the finished folder gets the umask's permissions, not 0700
@@ -257,13 +258,45 @@ def extract_tracklets(footage: Sequence[str | os.PathLike], out: str | os.PathLi
     return meta
 
 
+_CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def open_sources(footage: Sequence[str | os.PathLike], cfg: ExtractConfig) -> list[FrameSource]:
+    """Open every footage path as one camera: its name (``cfg.cameras`` in order, else the file
+    stem) and absolute start (``cfg.start_times``, else the MP4/MOV creation time, else 0).
+    Unequal counts, a bad or clashing name, an unparseable time or unreadable footage raise
+    one DataError before anything is written."""
+    n = len(footage)
+    for opt, given in (("--camera", cfg.cameras), ("--start-time", cfg.start_times)):
+        if given is not None and len(given) != n:
+            raise DataError(f"{len(given)} {opt} values for {n} footage sources; give one {opt} per "
+                            "source, in the order of the sources")
+    for name in cfg.cameras or []:
+        if not _CAMERA_NAME.fullmatch(name) or len(name) > 100:
+            raise DataError(f"--camera {name!r}: a camera name is 1-100 letters, digits, '.', '_' "
+                            "or '-' (it names folders and files); pick another")
+    sources = [open_footage(p, cfg.fps, cfg.start, cfg.stop, cfg.boxes) for p in footage]
+    seen: dict[str, FrameSource] = {}
+    for i, s in enumerate(sources):
+        if cfg.cameras is not None:
+            s.name = cfg.cameras[i]
+        if s.name in seen:
+            raise DataError(f"camera name {s.name!r} given to both {seen[s.name].path} and {s.path}; "
+                            "each source is one camera: name them with --camera NAME per source")
+        seen[s.name] = s
+        set_start_time(s, cfg.start_times[i] if cfg.start_times is not None else None)
+    return sources
+
+
 def _finish(results: list[SourceResult], cfg: ExtractConfig, tmp: Path) -> dict[str, Any]:
     """Rename kept crops into place, delete the rest, write JSON, summary and contact sheet."""
     tracklets_json = []
     for r in results:
-        name = r.source["name"]
+        name = r.source["name"]  # the camera
+        start, frames_path = float(r.source["start_time"]), r.source["frames_path"]
         for t in r.tracklets:
             tid = f"{t.id:04d}"
+            key = f"{name}/{tid}"  # the global tracklet key
             crops = []
             for d in t.detections:
                 stem = f"{name}_{tid}_{d.frame:06d}"
@@ -272,6 +305,8 @@ def _finish(results: list[SourceResult], cfg: ExtractConfig, tmp: Path) -> dict[
                 os.replace(r.crop_dir / f"{d.key}.jpg", tmp / rel)
                 entry: dict[str, Any] = {"file": rel.as_posix(), "frame": d.frame,
                                          "time": round(d.time, 4),
+                                         "abs_time": round(start + d.time, 4), "camera": name,
+                                         "source_path": frames_path, "tracklet": key,
                                          "box": [round(float(v), 1) for v in d.box],
                                          "crop_box": list(d.crop_box or ())}
                 mask = r.crop_dir / f"{d.key}.png"
@@ -281,7 +316,10 @@ def _finish(results: list[SourceResult], cfg: ExtractConfig, tmp: Path) -> dict[
                     os.replace(mask, tmp / mrel)
                     entry["mask"] = mrel.as_posix()
                 crops.append(entry)
-            tracklets_json.append({"id": f"{name}-{tid}", "source": name, "index": t.id,
+            tracklets_json.append({"id": f"{name}-{tid}", "key": key, "camera": name,
+                                   "source": name, "index": t.id,
+                                   "start_time": round(start + t.detections[0].time, 4),
+                                   "end_time": round(start + t.detections[-1].time, 4),
                                    "identity": t.identity, "first_frame": t.first_frame,
                                    "last_frame": t.last_frame, "duration": round(t.duration, 3),
                                    "end_reason": t.end_reason, "crops": crops})
@@ -304,6 +342,9 @@ def summary_table(meta: dict[str, Any], max_rows: int | None = None) -> str:
     lines = []
     for s in meta["sources"]:
         st = s["stats"]
+        if "start_time_iso" in s:
+            lines.append(f"camera {s['name']}: {s['path']}, starts {s['start_time_iso']} "
+                         f"(from {s['start_time_from']})")
         lines.append(f"source {s['name']}: {st['frames']} frames at {s['fps']:g} fps, boxes "
                      f"{'given (' + s['boxes'] + ')' if s['boxes'] != 'detect' else 'detected (' + str(s['detector']) + ')'}, "
                      f"{st['boxes']} boxes ({st['odd_boxes']} not one whole person), "

@@ -32,9 +32,13 @@ __all__ = [
     "GivenBox",
     "MOTSequence",
     "VideoFile",
+    "container_creation_time",
     "import_cv2",
+    "iso_time",
     "open_footage",
     "parse_mot_file",
+    "parse_start_time",
+    "set_start_time",
 ]
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".webm", ".m4v", ".wmv", ".ts")
@@ -81,6 +85,8 @@ class FrameSource:
     stop: int | None = None  # last frame index read (exclusive); None = to the end
     boxes: dict[int, list[GivenBox]] | None = field(default=None, repr=False)
     box_kind: str = "detect"  # "detect" (no boxes given), "det" or "gt"
+    start_time: float = 0.0  # absolute time of frame 0, unix seconds (0 when unknown)
+    start_time_from: str = "unknown (0)"  # where start_time came from (see set_start_time)
 
     @property
     def num_frames(self) -> int | None:  # pragma: no cover - overridden
@@ -101,10 +107,18 @@ class FrameSource:
             hi = n if hi is None else min(hi, n)
         return lo, hi
 
+    @property
+    def frames_path(self) -> Path:
+        """Where frame ``i`` is read from: the video file, or the folder of frame images."""
+        return self.path
+
     def describe(self) -> dict[str, Any]:
-        """JSON-able description (written to tracklets.json)."""
-        return {"name": self.name, "path": str(self.path), "fps": self.fps, "start": self.start,
-                "stop": self.stop, "num_frames": self.num_frames, "boxes": self.box_kind}
+        """JSON-able description (written to tracklets.json); ``name`` is the camera."""
+        return {"name": self.name, "camera": self.name, "path": str(self.path),
+                "frames_path": str(self.frames_path), "fps": self.fps, "start": self.start,
+                "stop": self.stop, "num_frames": self.num_frames, "boxes": self.box_kind,
+                "start_time": self.start_time, "start_time_iso": iso_time(self.start_time),
+                "start_time_from": self.start_time_from}
 
 
 def _source_name(path: Path) -> str:
@@ -252,6 +266,10 @@ class FrameFolder(FrameSource):
     def num_frames(self) -> int:
         return len(self.files)
 
+    @property
+    def frames_path(self) -> Path:
+        return self.files[0].parent
+
     def frames(self, start: int | None = None, stop: int | None = None,
                step: int = 1) -> Iterator[Frame]:
         cv2 = import_cv2()
@@ -380,3 +398,96 @@ def open_footage(path: str | os.PathLike, fps: float | None = None, start: int =
     if boxes in ("gt", "det"):
         raise DataError(f"{p}: --boxes {boxes} needs a MOT sequence (img1/ + {boxes}/{boxes}.txt)")
     return FrameFolder(p, fps, start, stop)
+
+
+# ------------------------------------------------------------------------------- absolute time
+_MP4_EPOCH = 2082844800  # seconds from 1904-01-01 (QuickTime / MP4 epoch) to 1970-01-01
+_MP4_EXTENSIONS = (".mp4", ".mov", ".m4v", ".3gp")
+
+
+def parse_start_time(text: str) -> float:
+    """``--start-time``: ISO 8601 (``2024-05-01T08:30:00+02:00``, ``...Z``; no offset = UTC) or
+    unix seconds -> unix seconds. A DataError names the value and the accepted forms."""
+    from datetime import datetime, timezone
+
+    value = str(text).strip()
+    try:
+        t = float(value)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+        except ValueError:
+            raise DataError(f"--start-time {text!r}: not a time; give ISO 8601 (e.g. "
+                            "2024-05-01T08:30:00+02:00, or ...Z for UTC) or unix seconds") from None
+        t = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    if not np.isfinite(t):
+        raise DataError(f"--start-time {text!r}: not a finite time")
+    return float(t)
+
+
+def iso_time(t: float) -> str:
+    """Unix seconds -> ISO 8601 in UTC (``1970-01-01T00:00:00+00:00`` for 0)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(float(t), tz=timezone.utc).isoformat()
+
+
+def container_creation_time(path: str | os.PathLike) -> float | None:
+    """The creation time (unix seconds) an MP4/MOV file records in ``moov/mvhd``, or ``None``
+    (another container, no ``mvhd``, a zero time, or an unreadable file). Reads box headers only."""
+    p = Path(path)
+    if p.suffix.lower() not in _MP4_EXTENSIONS:
+        return None
+    try:
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            moov = _find_box(f, 0, size, b"moov")
+            if moov is None:
+                return None
+            mvhd = _find_box(f, moov[0], moov[1], b"mvhd")
+            if mvhd is None:
+                return None
+            f.seek(mvhd[0])
+            head = f.read(12)
+            if len(head) < 8:
+                return None
+            ct = int.from_bytes(head[4:12], "big") if head[0] == 1 else int.from_bytes(head[4:8], "big")
+    except OSError:
+        return None
+    return float(ct - _MP4_EPOCH) if ct > 0 else None
+
+
+def _find_box(f: Any, lo: int, hi: int, kind: bytes) -> tuple[int, int] | None:
+    """``(payload start, payload end)`` of the first ISO-BMFF box ``kind`` between ``lo`` and ``hi``."""
+    pos = lo
+    while pos + 8 <= hi:
+        f.seek(pos)
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        n, typ, start = int.from_bytes(head[:4], "big"), head[4:8], pos + 8
+        if n == 1:  # 64-bit size follows
+            big = f.read(8)
+            if len(big) < 8:
+                return None
+            n, start = int.from_bytes(big, "big"), pos + 16
+        elif n == 0:  # to the end of the enclosing box
+            n = hi - pos
+        if n < start - pos:
+            return None  # damaged
+        if typ == kind:
+            return start, min(pos + n, hi)
+        pos += n
+    return None
+
+
+def set_start_time(src: FrameSource, given: str | None) -> FrameSource:
+    """Give ``src`` its absolute start: ``given`` (``--start-time``), else the container's creation
+    time (MP4/MOV ``mvhd``), else 0; ``start_time_from`` says which."""
+    if given is not None:
+        src.start_time, src.start_time_from = parse_start_time(given), "--start-time"
+    elif (ct := container_creation_time(src.path) if src.path.is_file() else None) is not None:
+        src.start_time, src.start_time_from = ct, "container creation time"
+    else:
+        src.start_time, src.start_time_from = 0.0, "unknown (0)"
+    return src

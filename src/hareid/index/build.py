@@ -12,6 +12,7 @@ from its last committed round. Only rank 0 opens the index, so one writer serves
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import re
@@ -28,7 +29,7 @@ from hareid.errors import DataError
 from hareid.fileio import ensure_disjoint
 from hareid.progress import progress as progress_bar
 
-__all__ = ["GalleryRecord", "gallery_records", "index_gallery"]
+__all__ = ["GalleryRecord", "footage_records", "gallery_records", "index_gallery"]
 
 _FRAME = re.compile(r"c\d+s\d+_(\d+)")  # Market-1501 style names: 0002_c1s1_000451_03.jpg
 
@@ -42,6 +43,39 @@ class GalleryRecord:
     time: float | None = None
     source: str = ""
     pid: int = -1
+    tracklet: str = ""  # footage: the global tracklet key "<camera>/<nnnn>"
+    frame: int = -1  # footage: the frame index in ``source``
+    box: tuple[float, float, float, float] | None = None  # footage: x1, y1, x2, y2 in frame pixels
+
+
+def footage_records(root: str | os.PathLike) -> list[GalleryRecord]:
+    """Every crop of a tracklets folder (``hareid tracklets``) as footage: camera = the source's
+    camera name, time = absolute unix seconds (the source's start time + the frame's time),
+    source = the video file or frame folder, frame, box and tracklet key; pid = the given identity
+    (MOT ground truth) or -1. Folders written before cameras had start times get start 0."""
+    from hareid.data.tracklets import load_tracklets_meta
+
+    root_p = Path(root).expanduser().resolve()
+    meta = load_tracklets_meta(root_p)
+    sources = {s["name"]: s for s in meta.get("sources", [])}
+    out = []
+    for t in meta["tracklets"]:
+        src = sources.get(t["source"], {})
+        camera = t.get("camera", t["source"])
+        key = t.get("key", f"{camera}/{int(t.get('index', 0)):04d}")
+        start = float(src.get("start_time", 0.0))
+        pid = int(t["identity"]) if t.get("identity") is not None else -1
+        for c in t["crops"]:
+            p = root_p / c["file"]
+            abs_time = c.get("abs_time", start + float(c["time"]))
+            box = tuple(float(v) for v in c["box"])
+            out.append(GalleryRecord(str(p), c.get("camera", camera), float(abs_time),
+                                     c.get("source_path", src.get("frames_path", src.get("path", ""))),
+                                     pid, c.get("tracklet", key), int(c["frame"]), box))  # type: ignore[arg-type]
+    if not out:
+        raise DataError(f"{root_p / 'tracklets.json'}: lists no crops; write the folder again with "
+                        "hareid tracklets")
+    return out
 
 
 def _frame_time(path: str) -> float | None:
@@ -77,6 +111,8 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
                     meta: str | os.PathLike | None = None) -> list[GalleryRecord]:
     """What to index, sorted by path (the same list on every rank).
 
+    - a tracklets folder (``hareid tracklets``): every crop, as footage (:func:`footage_records`;
+      the evaluation protocol's query/gallery split is for ``hareid eval`` only);
     - ``meta``: a CSV with a ``path`` column (relative to ROOT) and optional ``camera``, ``time``
       (seconds), ``source``, ``pid``;
     - a dataset layout (detected or ``dataset``): its ``split``; camera = the 0-based camid,
@@ -85,12 +121,15 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
       time = the file's modification time (unix seconds), source = ``"folder"``.
     """
     from hareid.data import detect_dataset, list_images, open_dataset
+    from hareid.data.tracklets import is_tracklets_folder
 
     root_p = Path(root)
     if meta is not None:
         recs = _from_csv(Path(meta), root_p)
     elif not root_p.exists():
         raise DataError(f"{root}: gallery folder not found; pass a folder of images or a dataset")
+    elif dataset in (None, "tracklets") and is_tracklets_folder(root_p):
+        recs = footage_records(root_p)
     elif dataset is None and root_p.is_dir() and detect_dataset(root_p) is None:
         paths = [p for p in list_images(root_p)  # hidden folders (e.g. .hareid-index/uploads) skipped
                  if not any(part.startswith(".") for part in Path(p).relative_to(root_p).parts)]
@@ -107,6 +146,19 @@ def gallery_records(root: str | os.PathLike, dataset: str | None = None, split: 
                               int(r.pid)) for r in records]
     recs.sort(key=lambda r: r.path)
     return recs
+
+
+def _add(index: Any, feats: Any, recs: Sequence[GalleryRecord]) -> None:
+    """``index.add`` with the footage fields (tracklet, frame, box) when the index takes them."""
+    kw: dict[str, Any] = {}
+    if any(r.tracklet or r.frame >= 0 or r.box is not None for r in recs):
+        params = inspect.signature(index.add).parameters
+        for name, values in (("tracklets", [r.tracklet for r in recs]),
+                             ("frames", [r.frame for r in recs]), ("boxes", [r.box for r in recs])):
+            if name in params:
+                kw[name] = values
+    index.add(feats, [r.path for r in recs], [r.pid for r in recs], [r.camera for r in recs],
+              [r.time for r in recs], [r.source for r in recs], **kw)
 
 
 class _Images(Dataset):
@@ -144,11 +196,13 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
                   nprobe: int | None = None, pq_m: int = 64, collection: str | None = None,
                   token: str | None = None, batch_size: int = 64, workers: int = 2,
                   progress: bool = True, embedder: Any = None, dtype: Any = "auto",
-                  calibration: Any = None) -> dict[str, Any] | None:
+                  calibration: Any = None, per_tracklet: bool = False) -> dict[str, Any] | None:
     """Index ``root`` into ``out`` (FAISS folder, milvus-lite ``.db`` or Milvus URI); resumable.
 
     ``dtype`` / ``calibration``: the embedding precision, as :class:`hareid.Embedder` (``"auto"``:
     :func:`hareid.runtime.auto_dtype`; ``"int8"`` calibrates on ``calibration``, default ``root``).
+    ``per_tracklet`` (a tracklets folder): one vector per tracklet, the mean of its crops' unit
+    embeddings, stored with the tracklet's middle crop (its path, time, frame and box).
 
     Returns (on rank 0; ``None`` elsewhere) ``{"location", "total", "added", "skipped",
     "unreadable": [paths], "index": describe()}``.
@@ -163,6 +217,12 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
     dist = hdist.init_distributed()
     rank, world = dist.rank, dist.world_size
     records = gallery_records(root, dataset, split, meta)
+    if per_tracklet:
+        if not any(r.tracklet for r in records):
+            raise DataError(f"{root}: --per-tracklet needs a tracklets folder (written by hareid "
+                            "tracklets); index single images without it")
+        if world > 1:
+            raise DataError("--per-tracklet runs in one process; run it without torchrun")
     if world > 1:
         _agree(records)
     if embedder is None:
@@ -185,6 +245,13 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
         todo_mask = torch.tensor([r.path not in done for r in records], dtype=torch.uint8)
     if world > 1:
         todo_mask = hdist.all_gather_tensor(todo_mask)[0]
+    if per_tracklet:
+        try:
+            res = _index_tracklets(index, embedder, records, batch_size, workers, progress)
+            described = index.describe()
+        finally:
+            index.close()
+        return {"location": str(out), **res, "index": described}
     todo = [r for r, m in zip(records, todo_mask.tolist()) if m]
     per_round = world * batch_size
     rounds = math.ceil(len(todo) / per_round)
@@ -212,9 +279,7 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
                 keep = [r for r, g in zip(chunk, good.tolist()) if g]
                 unreadable += [r.path for r, g in zip(chunk, good.tolist()) if not g]
                 if keep:
-                    index.add(f[good].numpy(), [r.path for r in keep], [r.pid for r in keep],
-                              [r.camera for r in keep], [r.time for r in keep],
-                              [r.source for r in keep])
+                    _add(index, f[good].numpy(), keep)
                     added += len(keep)
             bar.update(len(chunk))
         described = index.describe() if index is not None else None
@@ -227,3 +292,40 @@ def index_gallery(checkpoint: str | os.PathLike, root: str | os.PathLike,
         return None
     return {"location": str(out), "total": len(records), "added": added,
             "skipped": len(records) - len(todo), "unreadable": unreadable, "index": described}
+
+
+def _index_tracklets(index: Any, embedder: Any, records: Sequence[GalleryRecord], batch_size: int,
+                     workers: int, progress: bool) -> dict[str, Any]:
+    """One mean vector per tracklet (see :func:`index_gallery`); tracklets whose middle crop is
+    already indexed are skipped; unreadable crops leave the mean (a tracklet with none is listed)."""
+    import numpy as np
+
+    from hareid.footage.link import mean_unit
+
+    groups: dict[str, list[GalleryRecord]] = {}
+    for r in records:
+        groups.setdefault(r.tracklet, []).append(r)
+    done = index.indexed_paths()
+    reps = {k: sorted(g, key=lambda r: r.frame)[len(g) // 2] for k, g in groups.items()}
+    todo = [k for k in groups if reps[k].path not in done]
+    crops = [r for k in todo for r in groups[k]]
+    loader = DataLoader(_Images([r.path for r in crops], embedder.preprocess, embedder.input_size),
+                        batch_size=batch_size, num_workers=workers if len(crops) > batch_size else 0)
+    feats, oks = [], []
+    with progress_bar(total=len(crops), desc="index (crops)", unit="img", enabled=progress) as bar:
+        for x, ok in loader:
+            feats.append(embedder.embed(x))
+            oks.append(ok.numpy().astype(bool))
+            bar.update(len(x))
+    f = np.concatenate(feats) if feats else np.zeros((0, embedder.dim), np.float32)
+    good = np.concatenate(oks) if oks else np.zeros(0, bool)
+    keys = [r.tracklet for r in crops]
+    vec_keys, vecs = mean_unit(f[good], [k for k, g in zip(keys, good) if g])
+    unreadable = [r.path for r, g in zip(crops, good) if not g]
+    have = dict(zip(vec_keys, range(len(vec_keys))))
+    ready = [k for k in todo if k in have]
+    for i in range(0, len(ready), batch_size):
+        chunk = ready[i:i + batch_size]
+        _add(index, vecs[[have[k] for k in chunk]], [reps[k] for k in chunk])
+    return {"total": len(groups), "added": len(ready), "skipped": len(groups) - len(todo),
+            "unreadable": unreadable, "tracklets_without_crops": [k for k in todo if k not in have]}
