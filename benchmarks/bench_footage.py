@@ -52,6 +52,7 @@ VARIANTS = {
     "merge": ["adapt.merge=true"],
     "ce_only": ["loss.triplet_weight=0"],
     "low_lr": ["optim.lr=5e-5"],
+    "attn_masks": ["loss.attn_weight=1"],  # the footage's foreground masks teach the soft attention
 }
 
 

@@ -449,7 +449,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """Train attention variants with the same recipe, budget and seeds; print mean +- std.
 
     Variants: none, soft, hard, full, no_cross (the default set), and the soft-mask variants
-    soft_sigmoid, full_sigmoid, full_temperature, soft_spatial, full_spatial (see hareid.ablation).
+    soft_sigmoid, full_sigmoid, full_temperature, soft_spatial, full_spatial, and soft_guided,
+    full_guided (the spatial mask taught by the person masks: loss.attn_weight; see hareid.ablation).
     Trains on an existing synthetic tree (--data-root; write it with `hareid synthetic`), evaluates
     every --curve-every epochs for learning curves. Results are appended to OUTPUT/results.jsonl as
     they finish, so an interrupted ablation resumes where it stopped; OUTPUT/ablation.md,
@@ -934,7 +935,7 @@ def _add_data_commands(add: _AddCommand) -> None:
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per variant")
     sp.add_argument("--variants", nargs="+", default=None,
                     help="variants to train (default: none soft hard full no_cross; also soft_sigmoid "
-                         "full_sigmoid full_temperature soft_spatial full_spatial)")
+                         "full_sigmoid full_temperature soft_spatial full_spatial soft_guided full_guided)")
     sp.add_argument("--curve-every", type=int, default=1,
                     help="evaluate every N epochs for the learning curves (0: only at the end)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
