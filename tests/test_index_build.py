@@ -128,7 +128,7 @@ def test_torchrun_two_ranks_equal_one_process(tiny: Tiny, embedder, tmp_path: Pa
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "hareid", "index", str(tiny.checkpoint), str(tiny.data), "--out",
-         str(tmp_path / "two"), "--batch-size", "4", "--workers", "0", "--quiet"],
+         str(tmp_path / "two"), "--batch-size", "4", "--workers", "0", "--quiet", "--dtype", "fp32"],
         capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"index of {one['total']} images" in proc.stdout
