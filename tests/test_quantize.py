@@ -176,7 +176,7 @@ def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_
     assert "/stem/Conv" in names and len(names) >= 60
     calib = _smooth_images(32, gen)
     cache = tmp_path / "ranges.json"
-    kept = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/attn.*"],
+    kept = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/local.2/*"],
                          calibration_cache=cache)
     assert cache.is_file()
 
@@ -186,9 +186,10 @@ def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_
         return {n.name for n in graph.node if n.op_type == "Conv"
                 and producer.get(n.input[1]) != "DequantizeLinear"}
 
-    assert float_convs(kept) == {"/stem/Conv", "/attn.0/Conv", "/attn.1/Conv", "/attn.2/Conv"}
+    expected = {n for n in names if n == "/stem/Conv" or n.startswith("/local.2/")}
+    assert len(expected) > 2 and float_convs(kept) == expected
     assert float_convs(q_all) == set()
-    again = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/attn.*"],
+    again = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/local.2/*"],
                           calibration_cache=cache)
     x = _smooth_images(4, gen)
     torch.testing.assert_close(again(x), kept(x))

@@ -120,7 +120,7 @@ def test_write_report_explicit_inputs_and_empty_run(tmp_path: Path) -> None:
 
 def test_write_report_from_checkpoint(tmp_path: Path, monkeypatch) -> None:
     """The run-folder path: model rebuilt from best.pt; an unreadable dataset is reported."""
-    import hareid.api
+    import hareid.models.loading
     from hareid.checkpoint import save_checkpoint
 
     loaded = []
@@ -131,7 +131,7 @@ def test_write_report_from_checkpoint(tmp_path: Path, monkeypatch) -> None:
         return TinyAttnModel(), {"config": ckpt["config"], "height": 32, "width": 16,
                                  "mean": (0.5,) * 3, "std": (0.25,) * 3}
 
-    monkeypatch.setattr(hareid.api, "load_model", load_model)
+    monkeypatch.setattr(hareid.models.loading, "load_model", load_model)
     run = make_run(tmp_path)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     save_checkpoint({"state_dict": TinyAttnModel().state_dict(), "config": cfg,
