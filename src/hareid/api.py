@@ -252,8 +252,12 @@ def build_gallery_index(checkpoint: PathLike, root: PathLike, dataset: str | Non
 
 def search_images(checkpoint: PathLike, index_dir: PathLike, images: Sequence[PathLike],
                   k: int = 10, filter: Any = None,
-                  skip_bad_images: bool = False) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+                  skip_bad_images: bool = False,
+                  dtype: Any = "auto") -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index.
+
+    Queries are embedded by :class:`hareid.Embedder` in ``dtype`` (default ``"auto"``, as
+    ``hareid index`` embeds the gallery).
 
     ``index_dir``: a FAISS index folder, a milvus-lite ``.db`` or a Milvus URI;
     ``filter``: an optional :class:`hareid.index.Filter` (camera, time range, source);
@@ -275,8 +279,10 @@ def search_images(checkpoint: PathLike, index_dir: PathLike, images: Sequence[Pa
             raise DataError("no readable query image left; pass readable image files")
         images = readable
     with open_index(index_dir, read_only=True) as index:  # a bad index fails before the model loads
+        from hareid.embedder import Embedder
+
         model, info = load_model(checkpoint)
-        feats = embed(model, list(images), info)
+        feats = torch.from_numpy(Embedder(model, info=info, dtype=dtype).embed([str(p) for p in images]))
         if feats.shape[1] != index.dim:
             raise DataError(f"{index_dir}: index holds {index.dim}-d embeddings but {checkpoint} "
                             f"gives {feats.shape[1]}-d; search with the checkpoint the index was "
