@@ -776,7 +776,7 @@ def _add_training_commands(add: _AddCommand) -> None:
     sp.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
     sp.add_argument("--workers", type=_non_negative, default=2, help="data-loading processes")
     sp.add_argument("--amp", default="none", choices=["none", "bf16", "fp16", "auto"],
-                    help="embedding precision (auto: bf16 on CPUs with native bf16, fp16 on CUDA)")
+                    help="embedding precision (auto: bf16 on CPUs with native bf16, a half type on CUDA, else none)")
     sp.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images (listed as warnings)")
     sp.add_argument("--json", default=None,
                     help="where to write the metrics JSON (default: CHECKPOINT with .eval.json)")

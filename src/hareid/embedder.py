@@ -160,7 +160,8 @@ class Embedder:
 
         if calibration is None:
             raise HareidError("Embedder: dtype='int8' needs calibration images (calibration=FOLDER, a list of "
-                              "images or a normalised tensor): a few hundred crops of the target domain")
+                              "images or a normalised tensor; --calib FOLDER on the command line): a few "
+                              "hundred crops of the target domain")
         if isinstance(calibration, (str, os.PathLike)) and Path(calibration).is_dir():
             from hareid.data.registry import list_images
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from hareid.embedder import embed
+from hareid.embedder import Embedder, embed
 from hareid.errors import DataError
 from hareid.index.faiss_store import GalleryIndex
 from hareid.models.loading import load_model
@@ -55,8 +56,12 @@ def build_gallery_index(checkpoint: str | os.PathLike, root: str | os.PathLike, 
 
 def search_images(checkpoint: str | os.PathLike, index_dir: str | os.PathLike, images: Sequence[str | os.PathLike],
                   k: int = 10, filter: Any = None, skip_bad_images: bool = False,
-                  collection: str | None = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+                  collection: str | None = None,
+                  dtype: Any = "auto") -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """For each query image: its top-k ``(gallery path, cosine similarity)`` from a saved index.
+
+    Queries are embedded by :class:`hareid.Embedder` in ``dtype`` (default ``"auto"``, as
+    ``hareid index`` embeds the gallery).
 
     ``index_dir``: a FAISS index folder, a milvus-lite ``.db`` or a Milvus URI;
     ``filter``: an optional :class:`hareid.index.Filter` (camera, time range, source);
@@ -80,7 +85,7 @@ def search_images(checkpoint: str | os.PathLike, index_dir: str | os.PathLike, i
         images = readable
     with open_index(index_dir, read_only=True, collection=collection) as index:  # a bad index fails before the model loads
         model, info = load_model(checkpoint)
-        feats = embed(model, list(images), info)
+        feats = torch.from_numpy(Embedder(model, info=info, dtype=dtype).embed([str(p) for p in images]))
         if feats.shape[1] != index.dim:
             raise DataError(f"{index_dir}: index holds {index.dim}-d embeddings but {checkpoint} "
                             f"gives {feats.shape[1]}-d; search with the checkpoint the index was "
