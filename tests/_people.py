@@ -84,7 +84,7 @@ def build_people(tiny: Tiny, folder: Path) -> People:
 def people_app(tiny: Tiny, people: People, uploads: Path):
     """The app over the people gallery; footage: the east video and the west frame folder."""
     emb = embedder_for(tiny)
-    gallery = open_gallery(people.index_dir, emb, uploads=uploads)
+    gallery = open_gallery(people.index_dir, emb, uploads=uploads, images=people.folder / "crops")
     return create_app(emb, gallery, footage=FootageAccess([people.video, people.frames_dir]))
 
 
