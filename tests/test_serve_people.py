@@ -35,7 +35,7 @@ def people(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> People:
 @pytest.fixture(scope="module")
 def served(tiny: Tiny, people: People, tmp_path_factory: pytest.TempPathFactory):
     app = people_app(tiny, people, tmp_path_factory.mktemp("uploads"))
-    with TestClient(app, base_url="http://127.0.0.1") as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a loopback Host
         yield app, client
 
 
