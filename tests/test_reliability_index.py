@@ -69,6 +69,17 @@ def test_corrupt_index_files_give_one_line(tiny: Tiny, tmp_path: Path, capsys) -
         else:
             line = error_line(err)
             assert rc == 2 and str(broken) in line, f"corrupt {rel}: {line}"
+            assert target.name in line, f"corrupt {rel}: the line does not name the file: {line}"
+
+
+def test_a_damaged_milvus_lite_file_is_one_line_naming_it(tiny: Tiny, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("pymilvus")
+    bad = tmp_path / "gallery.db"
+    bad.write_bytes(b"not a milvus-lite file")
+    rc, _, err = cli(capsys, "search", tiny.checkpoint, bad, tiny.images("query")[0], "-k", "3")
+    line = error_line(err)
+    assert rc == 2 and str(bad) in line and "rebuild it with `hareid index`" in line, line
+    assert bad.read_bytes() == b"not a milvus-lite file"  # nothing written over it
 
 
 def test_ivf_misuse_is_one_line(tiny: Tiny, tmp_path: Path, capsys) -> None:

@@ -87,7 +87,8 @@ class MilvusIndex(VectorIndex):
             token = token if token is not None else os.environ.get("HAREID_MILVUS_TOKEN", "")
             self._client = pm.MilvusClient(uri=self.uri, token=token)
         except Exception as e:
-            hint = ("is it open in another process (a running `hareid serve`?)" if self.lite
+            hint = ("is it open in another process (a running `hareid serve`?), or not a milvus-lite "
+                    "file (damaged: rebuild it with `hareid index`)" if self.lite
                     else "is the server running and the URI right?")
             raise HareidError(f"{self.uri}: cannot open Milvus ({str(e).splitlines()[0][:200]}); "
                               f"{hint}") from e
