@@ -23,7 +23,6 @@ import argparse
 import io
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model
+from _proc import stop_group
 
 
 def rss_mib(pid: int) -> float:
@@ -268,12 +268,7 @@ def main() -> None:
         if errors or not ok or r != 200:
             sys.exit(1)
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server, 60)
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)

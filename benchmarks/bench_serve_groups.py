@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine_line
+from _proc import stop_group
 from bench_serve import free_port, pct
 
 T0 = 1_700_000_000.0
@@ -140,12 +140,7 @@ def main() -> None:
         print(f"\nGET /gallery/facets: {facets_ms:.1f} ms; target grouped p95 <= 300 ms: "
               f"{'met' if pct(lat['grouped (group=tracklet)'], 95) <= 300 else 'MISSED'}")
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server, 30)
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
