@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model
-from _proc import stop_group
+from _proc import stop_group, wait_healthy
 
 
 def rss_mib(pid: int) -> float:
@@ -152,15 +152,7 @@ def main() -> None:
     threading.Thread(target=lambda: log.extend(server.stdout), daemon=True).start()  # type: ignore[arg-type]
     try:
         with httpx.Client(base_url=base, timeout=60) as c:
-            while True:
-                try:
-                    if c.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("server did not start:\n" + "".join(log[-30:]))
-                time.sleep(0.2)
+            wait_healthy(c, server, deadline, lambda: "".join(log[-30:]))
             start = c.get("/healthz").json()
             rss0 = rss_mib(server.pid)
             data = [p.read_bytes() for p in probes[:200]]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine_line
-from _proc import stop_group
+from _proc import stop_group, wait_healthy
 from bench_serve import free_port, pct
 
 T0 = 1_700_000_000.0
@@ -86,15 +86,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            while True:
-                try:
-                    if c.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("server did not start")
-                time.sleep(0.3)
+            wait_healthy(c, server, deadline, poll_s=0.3)
             variants = {
                 "grouped (group=tracklet)": {"group": "tracklet"},
                 "grouped + 2 cameras + 20 min window": {

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from hareid.errors import HareidError
+from hareid.fileio import atomic_folder
 
 __all__ = ["VideoCamera", "Walker", "camera_layout", "make_world", "render_frame",
            "write_synthetic_video"]
@@ -240,9 +239,7 @@ def write_synthetic_video(root: str | os.PathLike, *, seed: int = 0, num_cams: i
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise HareidError(f"{out}: already exists and is not empty; pass --overwrite or another folder")
     world = make_world(seed, num_cams, num_people, frames, height, width, fps, hard_negative_frac, walkers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         cams_json = []
         bar = progress_bar(total=num_cams * frames, desc="synthetic video", unit="frame", enabled=progress)
         for k, cam in enumerate(world.cameras):
@@ -284,10 +281,4 @@ def write_synthetic_video(root: str | os.PathLike, *, seed: int = 0, num_cams: i
                 "width": width, "fmt": fmt, "cameras": cams_json,
                 "people": [{**asdict(w), "identity": world.identities[w.id].get("top")} for w in world.walkers]}
         (tmp / "cameras.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hareid.errors import DataError, HareidError
+from hareid.fileio import atomic_folder
 
 __all__ = ["Track", "TravelWindow", "agglomerate", "auto_threshold", "cannot_link",
            "link_folders", "link_tracks", "load_tracks", "mean_unit", "parse_travel",
@@ -328,13 +327,6 @@ def link_folders(folders: Sequence[str | os.PathLike], out: str | os.PathLike, *
             "embeddings": str(checkpoint or index or "given"), "threshold": thr,
             "threshold_from": "auto (5% quantile of cannot-link distances)" if threshold == "auto" else "given",
             "travel": [w.__dict__ for w in windows], "cameras": sorted(cams)}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_p.name}.tmp-", dir=out_p.parent))
-    try:
+    with atomic_folder(out_p) as tmp:
         doc = write_links(tmp, tracks, labels, info)
-        if out_p.exists():
-            shutil.rmtree(out_p)
-        tmp.rename(out_p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return doc
