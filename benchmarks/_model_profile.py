@@ -45,7 +45,7 @@ def _logits(out):
 
 def conv_floor(batch: int, size: tuple[int, int], clock) -> None:
     """Sum of the isolated times of every convolution hareid runs (bf16, channels_last)."""
-    from hareid.inference import ConvAct, optimize_for_inference
+    from hareid.models.inference import ConvAct, optimize_for_inference
 
     torch.manual_seed(0)
     model = build_model("hacnn", 751)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hareid.ablation import format_ablation, plot_curves
+from hareid.analysis.ablation import format_ablation, plot_curves
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model
 
-from hareid.engine.adapt import adapt
 from hareid.footage import ExtractConfig, open_footage
+from hareid.footage.adapt import adapt
 
 
 def main(argv: list[str] | None = None) -> None:

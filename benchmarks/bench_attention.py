@@ -1,7 +1,7 @@
 """Attention scores of an ablation, per variant: mean ± std over seeds (a markdown table).
 
 Scores every run folder ``OUT/<variant>_seed<k>`` of ``hareid ablate --output OUT`` with
-:func:`hareid.attention_score.score_run` (trained best checkpoint vs the same model untrained; it
+:func:`hareid.analysis.attention_score.score_run` (trained best checkpoint vs the same model untrained; it
 writes ``RUN/attention_score.json``, reused when present) and prints, per variant and stage:
 
 * soft attention: ``contrast_lift`` = the share of the mask's mass above its own floor that lies
@@ -30,7 +30,7 @@ def _ms(values: list[float]) -> str:
 
 
 def main() -> None:
-    from hareid.attention_score import score_run
+    from hareid.analysis.attention_score import score_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("output", type=Path, help="the ablation folder (hareid ablate --output)")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from _machine import machine_line
 
+from hareid.analysis.attention_score import _load_masks, score_model
 from hareid.api import load_images, load_model
-from hareid.attention_score import _load_masks, score_model
 from hareid.models import build_model
 
 

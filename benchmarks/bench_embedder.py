@@ -28,8 +28,8 @@ from _machine import machine_line
 from hareid import Embedder
 from hareid.checkpoint import save_checkpoint
 from hareid.cli import main as hareid_main
-from hareid.engine.runtime import cpu_has_bf16
 from hareid.models import build_model
+from hareid.runtime import cpu_has_bf16
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +89,7 @@ def _backends(prefix: str, ckpt: Path, tmp: Path, crops: list[np.ndarray]) -> di
             backends[f"{prefix}{fmt}"] = Embedder(out)
     try:  # int8 through ONNX Runtime, calibrated on the crops themselves (speed only)
         from hareid.api import load_model
-        from hareid.quantize import quantize_int8
+        from hareid.deploy.quantize import quantize_int8
 
         model, _ = load_model(ckpt)
         calib = backends[f"{prefix}eager fp32"].preprocess(crops)

@@ -32,8 +32,8 @@ from _deepsort import deepsort_available, deepsort_embedder
 from _machine import cpu_model
 
 from hareid.data import build_dataset
-from hareid.engine.adapt import adapt, recompute_batchnorm
 from hareid.footage import ExtractConfig, extract_tracklets, open_footage
+from hareid.footage.adapt import adapt, recompute_batchnorm
 from hareid.footage.protocol import (
     crops_of,
     embed_crops,

@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hareid.config import OptimConfig
-from hareid.inference import optimize_for_inference
+from hareid.engine.optim import build_optimizer
 from hareid.models import build_model
-from hareid.optim import build_optimizer
+from hareid.models.inference import optimize_for_inference
 
 warnings.filterwarnings("ignore")
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     int8 = None
     if not args.no_int8:
         try:
-            from hareid.quantize import quantize_int8
+            from hareid.deploy.quantize import quantize_int8
 
             t0 = time.perf_counter()
             int8 = quantize_int8(hareid, torch.randn(64, 3, h, w), num_calibration=64)

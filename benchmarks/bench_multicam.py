@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hareid.footage import ExtractConfig, extract_tracklets  # noqa: E402
-from hareid.footage.link import Track, link_tracks, load_tracks, mean_unit, write_links  # noqa: E402
+from hareid.footage.link import Track, link_tracks, load_tracks, write_links  # noqa: E402
+from hareid.index.base import mean_unit  # noqa: E402
 
 Embed = Callable[[list[str]], np.ndarray]
 

@@ -6,8 +6,8 @@
     python benchmarks/int8_parity.py --checkpoint CKPT --images path/to/crops [--calib path/to/other/crops]
 
 Embeds the query and gallery images with the float32 model (the reference), the bf16 inference
-form (:func:`hareid.inference.optimize_for_inference`) and the int8 form
-(:func:`hareid.quantize.quantize_int8`, calibrated on ``--calib-images`` images: the dataset's
+form (:func:`hareid.models.inference.optimize_for_inference`) and the int8 form
+(:func:`hareid.deploy.quantize.quantize_int8`, calibrated on ``--calib-images`` images: the dataset's
 training split, else ``--calib``, else the evaluated images themselves), then prints one markdown
 table:
 
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from _machine import machine_line
 
     from hareid.api import list_images, load_model
-    from hareid.inference import optimize_for_inference
-    from hareid.quantize import quantize_int8
+    from hareid.deploy.quantize import quantize_int8
+    from hareid.models.inference import optimize_for_inference
 
     model, info = load_model(args.checkpoint, device="cpu")
     h, w = info["height"], info["width"]

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from _machine import machine_line
 
     from hareid.api import list_images, load_model
-    from hareid.inference import optimize_for_inference
-    from hareid.quantize import quantizable_nodes, quantize_int8
+    from hareid.deploy.quantize import quantizable_nodes, quantize_int8
+    from hareid.models.inference import optimize_for_inference
 
     model, info = load_model(args.checkpoint, device="cpu")
     h, w = info["height"], info["width"]
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         if a - err > best_score:
             best, best_score = method, a - err
     # 2. sensitivity per group
-    groups = {g: (g + "/*",) for g in dict.fromkeys(group_of(n) for n in quantizable_nodes(model, h, w))}
+    nodes = quantizable_nodes(model, h, w)
+    # a block's convolutions by their prefix; a convolution outside the blocks by its own name
+    groups = {g: ((g,) if g in nodes else (g + "/*",)) for g in dict.fromkeys(group_of(n) for n in nodes)}
     groups[TOP_LEVEL] = ("/Add*", "/Mul*", "/Concat*")  # local-branch sums, region concat (outside blocks)
     base_err = cos_err((embed(build((), best), probe),), (ref_probe,))
     sens = {}

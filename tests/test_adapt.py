@@ -1,4 +1,4 @@
-"""Label-free adaptation (hareid.engine.adapt): options, time split, clustering, batches, model
+"""Label-free adaptation (hareid.footage.adapt): options, time split, clustering, batches, model
 initialisation, bad input, and one end-to-end run on a synthetic video."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from _tiny import Tiny, get_tiny
 
 from hareid.checkpoint import load_checkpoint
 from hareid.cli import main
-from hareid.engine.adapt import (
+from hareid.errors import ConfigError
+from hareid.footage.adapt import (
     TrackletSampler,
     init_model,
     merge_tracklets,
     split_overrides,
     time_split,
 )
-from hareid.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsy
 def test_init_model_from_a_torchreid_checkpoint(tmp_path: Path) -> None:
     from _peer import peer_hacnn
 
-    from hareid.torchreid_compat import load_torchreid_hacnn
+    from hareid.models.torchreid_compat import load_torchreid_hacnn
 
     torch.manual_seed(0)
     peer = peer_hacnn().HACNN(num_classes=11, use_gpu=False)
@@ -195,7 +195,7 @@ def test_recompute_batchnorm_measures_the_target_statistics(tmp_path: Path) -> N
     from PIL import Image
 
     from hareid.data.transforms import build_transforms
-    from hareid.engine.adapt import recompute_batchnorm
+    from hareid.footage.adapt import recompute_batchnorm
     from hareid.models import build_model
 
     rng = np.random.default_rng(0)

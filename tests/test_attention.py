@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hareid.attention import (
+from hareid.models.layers.attention import (
     SOFT_MASKS,
     ChannelAttn,
     HardAttn,
@@ -21,7 +21,13 @@ from hareid.attention import (
     translations_to_boxes,
     translations_to_theta,
 )
-from hareid.blocks import AvgPool3x3, ConvBlock, InceptionA, InceptionB, channels_last_grad
+from hareid.models.layers.blocks import (
+    AvgPool3x3,
+    ConvBlock,
+    InceptionA,
+    InceptionB,
+    channels_last_grad,
+)
 
 
 def _identity_bn(block: ConvBlock) -> None:

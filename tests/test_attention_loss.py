@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from hareid.data.loader import ImageDataset, read_mask
 from hareid.data.records import ImageRecord
 from hareid.data.transforms import build_transforms
-from hareid.losses import AttentionMaskLoss, ReIDLoss, attention_distribution
+from hareid.engine.losses import AttentionMaskLoss, ReIDLoss, attention_distribution
 
 H, W = 48, 24
 
@@ -245,7 +245,7 @@ def test_model_returns_soft_masks_in_training_when_asked():
 
 # --------------------------------------------------------------------------------- training
 def _lift(model, images, masks) -> float:
-    from hareid.attention_score import score_model
+    from hareid.analysis.attention_score import score_model
 
     scores = score_model(model, images, masks, [{} for _ in range(len(images))])
     return sum(v["contrast_lift"] for v in scores["soft"].values()) / len(scores["soft"])
@@ -253,8 +253,8 @@ def _lift(model, images, masks) -> float:
 
 def test_tiny_run_with_the_loss_raises_the_lift(tiny, tmp_path, capsys):
     """Same tiny recipe and seed, with and without the loss: the loss's run attends to the person more."""
+    from hareid.analysis.attention_score import _load_masks
     from hareid.api import load_images
-    from hareid.attention_score import _load_masks
     from hareid.config import load_config
     from hareid.data.synthetic import load_annotations
     from hareid.engine.trainer import Trainer

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from hareid.ablation import DEFAULT_VARIANTS, VARIANTS, format_ablation
-from hareid.attention_score import _box_mask, score_model
+from hareid.analysis.ablation import DEFAULT_VARIANTS, VARIANTS, format_ablation
+from hareid.analysis.attention_score import _box_mask, score_model
 
 
 class _Known(nn.Module):

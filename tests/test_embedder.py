@@ -13,7 +13,7 @@ from PIL import Image
 
 from hareid import Embedder
 from hareid.api import load_model
-from hareid.embedder import BACKEND_ATOL
+from hareid.deploy.embedder import BACKEND_ATOL
 from hareid.errors import DataError, HareidError
 
 

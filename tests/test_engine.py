@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hareid.checkpoint import load_checkpoint
 from hareid.config import Config, OptimConfig, load_config
 from hareid.engine import Trainer, resolve_amp
+from hareid.engine.optim import build_optimizer, build_scheduler, current_lr
 from hareid.errors import ConfigError, HareidError
-from hareid.optim import build_optimizer, build_scheduler, current_lr
 
 # ------------------------------------------------------------------------------ tiny pieces
 

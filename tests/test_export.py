@@ -1,4 +1,4 @@
-"""hareid.export: folded-BN inference model, ONNX / TorchScript export checked against eager."""
+"""hareid.deploy.export: folded-BN inference model, ONNX / TorchScript export checked against eager."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import torch
 from test_inference import trained_like
 from torch import nn
 
-from hareid import export as hx
-from hareid.errors import HareidError
-from hareid.export import (
+from hareid.deploy import export as hx
+from hareid.deploy.export import (
     export_model,
     export_onnx,
     export_torchscript,
     fuse_for_inference,
     optimize_for_inference,
 )
+from hareid.errors import HareidError
 from hareid.models import build_model, list_models
 
 ATOL = 1e-4

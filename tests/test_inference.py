@@ -1,4 +1,4 @@
-"""hareid.inference: the model's own wiring with its blocks fused (fp32 / bf16, eager / compiled)
+"""hareid.models.inference: the model's own wiring with its blocks fused (fp32 / bf16, eager / compiled)
 against model.eval(). The parity cases are generated from the model registry: an option without
 cases fails :func:`test_every_option_has_parity_cases`."""
 
@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hareid.attention import (
+from hareid.models import build_model, list_models, model_entry
+from hareid.models.core import EmbeddingHead, GlobalPool
+from hareid.models.inference import optimize_for_inference, sample_stripes
+from hareid.models.layers.attention import (
     REGION_SAMPLING_MODES,
     SOFT_MASKS,
     FusedHarmAttn,
@@ -21,10 +24,7 @@ from hareid.attention import (
     sample_regions,
     translations_to_theta,
 )
-from hareid.blocks import BoxPoolAct, ConvAct, ConvBlock, PoolProject, fuse_blocks
-from hareid.inference import optimize_for_inference, sample_stripes
-from hareid.models import build_model, list_models, model_entry
-from hareid.models.core import EmbeddingHead, GlobalPool
+from hareid.models.layers.blocks import BoxPoolAct, ConvAct, ConvBlock, PoolProject, fuse_blocks
 
 FP32_ATOL = 1e-4  # unit-norm branch embeddings, fp32 graph vs model.eval()
 BF16_ATOL = 3e-2  # bf16 keeps ~3 significant digits; same band as bf16 autocast on the original

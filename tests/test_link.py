@@ -12,9 +12,9 @@ from hareid.footage.link import (
     agglomerate,
     cannot_link,
     link_tracks,
-    mean_unit,
     parse_travel,
 )
+from hareid.index.base import mean_unit
 
 
 def _unit(*rows: list[float]) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hareid.losses import CrossEntropyLabelSmooth, ReIDLoss, TripletLoss
+from hareid.engine.losses import CrossEntropyLabelSmooth, ReIDLoss, TripletLoss
 
 
 def test_label_smoothing_cross_entropy_by_hand() -> None:

@@ -185,7 +185,7 @@ def test_backbone_lr_mult_param_groups() -> None:
     """optim.backbone_lr_mult: the stem and stages train at lr x mult through warmup and decay; with
     mult 0 a step leaves the backbone exactly where the ImageNet weights put it."""
     from hareid.config import ConfigError, OptimConfig, load_config
-    from hareid.optim import build_optimizer, build_scheduler, current_lr
+    from hareid.engine.optim import build_optimizer, build_scheduler, current_lr
 
     model = build_model("mobilenetv2_harm", num_classes=3)
     cfg = OptimConfig(lr=1e-3, backbone_lr_mult=0.1, scheduler="cosine", warmup_epochs=1, weight_decay=0.0)

@@ -220,7 +220,7 @@ def test_train_gradients_stay_channels_last(soft_mask: str) -> None:
     ones they send ReLU backward and gradient sums down PyTorch's slow strided paths (~20x slower
     ReLU backward in bf16). ``channels_last_grad`` / the channels_last soft mask prevent that.
     """
-    from hareid.blocks import ConvBlock
+    from hareid.models.layers.blocks import ConvBlock
 
     m = build_model("hacnn", num_classes=3, soft_mask=soft_mask).train()
     bad: list[str] = []

@@ -1,4 +1,4 @@
-"""hareid.quantize: int8 (ONNX Runtime) embeddings and retrieval parity with fp32 and bf16."""
+"""hareid.deploy.quantize: int8 (ONNX Runtime) embeddings and retrieval parity with fp32 and bf16."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from hareid.errors import HareidError
-from hareid.inference import optimize_for_inference
 from hareid.models import build_model
+from hareid.models.inference import optimize_for_inference
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from hareid.quantize import Int8Model, load_int8, quantize_int8
+from hareid.deploy.quantize import Int8Model, load_int8, quantize_int8
 
 SIZE = (96, 48)  # small, fast; any size the model accepts works
 
@@ -169,7 +169,7 @@ def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_
     matching nothing is refused; a calibration cache written once gives the same int8 model again."""
     import onnx
 
-    from hareid.quantize import quantizable_nodes
+    from hareid.deploy.quantize import quantizable_nodes
 
     model, q_all, gen = setup
     names = quantizable_nodes(model, *SIZE)

@@ -271,7 +271,7 @@ def test_case07_export_onto_its_checkpoint_is_refused(tiny: Tiny, tmp_path: Path
 def test_case07_int8_save_onto_its_source_is_refused(tiny: Tiny, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from hareid.api import load_model
-    from hareid.quantize import load_int8, quantize_int8
+    from hareid.deploy.quantize import load_int8, quantize_int8
 
     ckpt = Path(shutil.copy(tiny.checkpoint, tmp_path / "best.pt"))
     before = ckpt.read_bytes()
@@ -343,7 +343,7 @@ def test_case13_config_values_are_checked_naming_the_key(override: str, expected
 
 def test_lesser_a_cuda_device_that_does_not_exist_is_one_line(monkeypatch) -> None:
     from hareid.config import ConfigError
-    from hareid.engine.runtime import resolve_device
+    from hareid.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

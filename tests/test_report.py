@@ -1,4 +1,4 @@
-"""Tests for hareid.report: the self-contained HTML page, with and without model/data."""
+"""Tests for hareid.analysis.report: the self-contained HTML page, with and without model/data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import yaml
 from test_visualize import TinyAttnModel, fake_boxes, write_images
 
-from hareid.report import Ranking, format_metric, render_report, write_report
+from hareid.analysis.report import Ranking, format_metric, render_report, write_report
 
 EVAL = {"rank1": 0.8734, "rank5": 0.9421, "rank10": 0.9612, "mAP": 0.7123, "mINP": 0.4012,
         "cmc": list(np.linspace(0.8734, 1.0, 20))}

@@ -18,7 +18,7 @@ from PIL import Image
 from test_report import EVAL, EXPECTED, make_ranking, make_run
 from test_visualize import TinyAttnModel, fake_boxes
 
-from hareid.report import render_report
+from hareid.analysis.report import render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

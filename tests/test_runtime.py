@@ -31,8 +31,8 @@ def test_auto_on_cuda_is_a_half_type(monkeypatch, bf16: bool) -> None:
 
 def test_every_entry_point_asks_the_same_policy(monkeypatch) -> None:
     """Training amp, evaluation, the inference graph and the Embedder: one answer to "auto"."""
-    from hareid.engine.runtime import resolve_amp as engine_amp  # the old import path
-    from hareid.inference import inference_dtype
+    from hareid.models.inference import inference_dtype
+    from hareid.runtime import resolve_amp as engine_amp  # the old import path
 
     for native in (True, False):
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda n=native: n)

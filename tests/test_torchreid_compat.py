@@ -10,7 +10,7 @@ import torch
 from _peer import peer_hacnn
 
 from hareid.errors import CheckpointError
-from hareid.torchreid_compat import load_torchreid_hacnn, map_torchreid_keys
+from hareid.models.torchreid_compat import load_torchreid_hacnn, map_torchreid_keys
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Unit tests for hareid.visualize: overlays, boxes, ranked lists, plots (fast, CPU, headless)."""
+"""Unit tests for hareid.analysis.visualize: overlays, boxes, ranked lists, plots (fast, CPU, headless)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from hareid import visualize as viz
+from hareid.analysis import visualize as viz
 
 # ----------------------------------------------------------------------------- stand-ins
 
@@ -38,7 +38,7 @@ class TinyAttnModel(nn.Module):
 
 
 def fake_boxes(t: Tensor, hw: tuple[int, int], scale_h: float) -> Tensor:
-    """Stand-in for hareid.attention.translations_to_boxes: full-width bands centred at ty."""
+    """Stand-in for hareid.models.layers.attention.translations_to_boxes: full-width bands centred at ty."""
     h, w = hw
     cx, cy = (t[..., 0] + 1) / 2 * w, (t[..., 1] + 1) / 2 * h
     rh = h * scale_h
@@ -152,7 +152,7 @@ def test_plot_attention_compare(tmp_path: Path) -> None:
 
 
 def test_plot_attention_with_real_translations_to_boxes(tmp_path: Path) -> None:
-    pytest.importorskip("hareid.attention", reason="hareid.attention not written yet")
+    pytest.importorskip("hareid.models.layers.attention", reason="hareid.models.layers.attention not written yet")
     png_ok(viz.plot_attention(TinyAttnModel(), torch.randn(2, 3, 64, 32), tmp_path / "g.png"))
 
 

@@ -15,7 +15,7 @@ the simpler entry point; :func:`embed` here is the same forward with the evaluat
 
 from hareid.data.loader import load_images
 from hareid.data.registry import list_images
-from hareid.embedder import embed
+from hareid.deploy.embedder import embed
 from hareid.evaluate.checkpoint import evaluate_checkpoint
 from hareid.index.gallery import build_gallery_index, build_index_from_images, search_images
 from hareid.models.loading import load_model

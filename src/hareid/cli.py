@@ -43,10 +43,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     version is the recipe's ``data.options.version`` (e.g. ``data.options.version=2``), else
     hareid's default.
     """
+    from hareid.analysis.report import write_report
     from hareid.config import load_config
     from hareid.data.synthetic import DEFAULT_VERSION, _is_complete, default_root, write_synthetic
     from hareid.engine import Trainer
-    from hareid.report import write_report
 
     overrides = ["data.name=synthetic", f"output_dir={args.output}", f"train.seed={args.seed}", "train.resume=auto",
                  *args.overrides]
@@ -126,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     Metrics, training curves, CMC, attention overlays and ranked lists; images are inlined, so
     the file can be mailed or opened offline.
     """
-    from hareid.report import write_report
+    from hareid.analysis.report import write_report
 
     run = Path(args.run_dir)
     if not run.is_dir():
@@ -147,9 +147,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     With --compare CKPT ...: the soft attention of all the checkpoints side by side on one fixed
     colour scale (mask value 0 blue ... 1 red), each titled by its run folder.
     """
+    from hareid.analysis.visualize import plot_attention, plot_attention_compare
     from hareid.data.loader import load_images
     from hareid.models.loading import load_model
-    from hareid.visualize import plot_attention, plot_attention_compare
 
     model, info = load_model(args.checkpoint)
     paths = list(args.images) or _dataset_images(info, args.num_images)
@@ -171,7 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     --int8 writes an int8 ONNX model instead (ONNX Runtime, CPU), calibrated on --calib images;
     hareid.Embedder, serve and index read it like any export.
     """
-    from hareid.export import export_metadata, export_model
+    from hareid.deploy.export import export_metadata, export_model
     from hareid.models.loading import load_model
 
     model, info = load_model(args.checkpoint)
@@ -191,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_int8(args: argparse.Namespace, model: Any, info: dict, h: int, w: int) -> int:
     from hareid.data.loader import load_images
     from hareid.data.registry import list_images
-    from hareid.quantize import quantize_int8
+    from hareid.deploy.quantize import quantize_int8
 
     if args.format != "onnx":
         raise HareidError("--int8 writes ONNX (ONNX Runtime runs it); drop --format torchscript")
@@ -436,7 +436,7 @@ def cmd_attention_score(args: argparse.Namespace) -> int:
     region matches best. Needs a run trained on the synthetic benchmark; writes
     RUN/attention_score.json.
     """
-    from hareid.attention_score import score_run
+    from hareid.analysis.attention_score import score_run
 
     run = Path(args.run_dir)
     table = score_run(run, num_images=args.num_images)
@@ -450,13 +450,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     Variants: none, soft, hard, full, no_cross (the default set), and the soft-mask variants
     soft_sigmoid, full_sigmoid, full_temperature, soft_spatial, full_spatial, and soft_guided,
-    full_guided (the spatial mask taught by the person masks: loss.attn_weight; see hareid.ablation).
+    full_guided (the spatial mask taught by the person masks: loss.attn_weight; see hareid.analysis.ablation).
     Trains on an existing synthetic tree (--data-root; write it with `hareid synthetic`), evaluates
     every --curve-every epochs for learning curves. Results are appended to OUTPUT/results.jsonl as
     they finish, so an interrupted ablation resumes where it stopped; OUTPUT/ablation.md,
     ablation.png and ablation_curves.png hold the table and the plots.
     """
-    from hareid.ablation import run_ablation
+    from hareid.analysis.ablation import run_ablation
 
     # `--variants a b key=value`: argparse hands trailing overrides to --variants; take them back
     given = args.variants or []
@@ -503,7 +503,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     OUT/checkpoints/best.pt. Writes a normal run folder (config.yaml, metrics.jsonl, checkpoints,
     eval.json) plus OUT/adapt.json. CHECKPOINT: a hareid checkpoint or a torchreid HACNN one.
     """
-    from hareid.engine.adapt import adapt, run_summary
+    from hareid.footage.adapt import adapt, run_summary
 
     footage = [f for f in args.footage if "=" not in f]
     overrides = [*args.overrides, *(f for f in args.footage if "=" in f)]

@@ -79,7 +79,7 @@ class ModelConfig:
 class LossConfig:
     """Loss weights: label-smoothed cross-entropy per branch, optional batch-hard triplet, optional
     attention loss that teaches the soft masks where the person is (needs person masks: the
-    synthetic sets, tracklets; see :class:`hareid.losses.AttentionMaskLoss`)."""
+    synthetic sets, tracklets; see :class:`hareid.engine.losses.AttentionMaskLoss`)."""
 
     ce_weight: float = 1.0
     label_smooth: float = 0.1
@@ -386,7 +386,7 @@ def _set_dotted(cfg: Config, dotted: str, raw: str, source: str) -> None:
 
 def _option_choices() -> dict[str, tuple[str, ...]]:
     """Model options that take one of a few names (checked when the config is read)."""
-    from hareid.attention import REGION_SAMPLING_MODES, SOFT_MASKS
+    from hareid.models.layers.attention import REGION_SAMPLING_MODES, SOFT_MASKS
 
     return {"soft_mask": SOFT_MASKS, "region_sampling": (*REGION_SAMPLING_MODES, "peer")}
 

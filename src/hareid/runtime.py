@@ -1,7 +1,7 @@
 """Where and how hareid computes: device, compute dtype, CPU threads, seeds. The one policy.
 
 Every entry point that picks a precision asks :func:`resolve_dtype` (training autocast, evaluation,
-:class:`hareid.Embedder`, ``hareid serve`` / ``index``, :func:`hareid.inference.optimize_for_inference`),
+:class:`hareid.Embedder`, ``hareid serve`` / ``index``, :func:`hareid.models.inference.optimize_for_inference`),
 so ``"auto"`` means the same everywhere:
 
 * CPU with native bfloat16 (oneDNN reports it: ``avx512_bf16`` or AMX; else the CPU flags are read):

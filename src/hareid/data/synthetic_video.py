@@ -26,6 +26,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,6 @@ def write_synthetic_video(root: str | os.PathLike, *, seed: int = 0, num_cams: i
     """
     import cv2
 
-    from hareid.footage.readers import iso_time
     from hareid.progress import progress as progress_bar
 
     if fmt not in ("frames", "video"):
@@ -274,7 +274,7 @@ def write_synthetic_video(root: str | os.PathLike, *, seed: int = 0, num_cams: i
             start = EPOCH + cam.offset
             rel = f"{cam.name}/{cam.name}.avi" if fmt == "video" else f"{cam.name}/img1"
             cams_json.append({**asdict(cam), "path": rel, "sequence": cam.name, "gt": f"{cam.name}/gt/gt.txt",
-                              "start_time": start, "start_time_iso": iso_time(start),
+                              "start_time": start, "start_time_iso": datetime.fromtimestamp(start, tz=timezone.utc).isoformat(),
                               "people": sorted(seen)})
         bar.close()
         meta = {"format": FORMAT, "seed": seed, "fps": fps, "frames": frames, "height": height,

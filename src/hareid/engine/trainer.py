@@ -51,7 +51,8 @@ from hareid import distributed as hdist
 from hareid.checkpoint import load_checkpoint, save_checkpoint
 from hareid.config import Config, save_config
 from hareid.engine.logger import RunLogger
-from hareid.engine.runtime import resolve_amp, resolve_device, set_seed
+from hareid.engine.losses import ReIDLoss
+from hareid.engine.optim import build_optimizer, build_scheduler, current_lr
 from hareid.engine.state import (
     RunFolder,
     check_resume_config,
@@ -61,8 +62,7 @@ from hareid.engine.state import (
 )
 from hareid.errors import CheckpointError, ConfigError, HareidError
 from hareid.fileio import atomic_write_text, ensure_disjoint
-from hareid.losses import ReIDLoss
-from hareid.optim import build_optimizer, build_scheduler, current_lr
+from hareid.runtime import resolve_amp, resolve_device, set_seed
 
 __all__ = ["Trainer"]
 

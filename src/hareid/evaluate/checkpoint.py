@@ -32,11 +32,11 @@ def evaluate_checkpoint(
 
     from hareid.data import open_dataset
     from hareid.data.loader import build_eval_loaders
-    from hareid.engine.runtime import resolve_amp
     from hareid.evaluate.features import model_device
     from hareid.evaluate.junk import apply_junk_rule, resolve_junk_rule
     from hareid.evaluate.pipeline import evaluate
     from hareid.models.loading import load_model
+    from hareid.runtime import resolve_amp
 
     model, info = load_model(checkpoint, device="cuda" if torch.cuda.is_available() else None)
     ds = open_dataset(root, dataset)

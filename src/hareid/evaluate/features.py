@@ -3,7 +3,7 @@
 :func:`embed_batch` is the single forward pass (with optional flip test-time augmentation) behind
 :func:`extract_features` (evaluation, the trainer, the report), :class:`hareid.Embedder` (trackers,
 services, ``hareid index``/``search``/``serve``) and ``hareid.api.embed``; they prepare the network
-the same way, with :func:`hareid.export.optimize_for_inference` (BatchNorm folded, channels_last,
+the same way, with :func:`hareid.models.inference.optimize_for_inference` (BatchNorm folded, channels_last,
 optionally lower precision).
 
 Flip TTA: the embedding is the mean of the image's and its horizontal mirror's embeddings, *not*
@@ -52,8 +52,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def inference_net(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """The network every embedding runs: ``model`` (unwrapped from DDP / ``torch.compile``) prepared by
-    :func:`hareid.export.optimize_for_inference`; ``model`` itself is not modified."""
-    from hareid.export import optimize_for_inference
+    :func:`hareid.models.inference.optimize_for_inference`; ``model`` itself is not modified."""
+    from hareid.models.inference import optimize_for_inference
 
     base = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     base = getattr(base, "module", base)  # DistributedDataParallel wrapper

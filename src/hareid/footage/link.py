@@ -1,7 +1,7 @@
 """Cross-camera linking: tracklets of several cameras -> global identities.
 
 Each tracklet is embedded as the mean of its crops' unit embeddings, re-normalised
-(:func:`mean_unit`). Tracklets are clustered by average-linkage agglomeration on the cosine
+(:func:`hareid.index.base.mean_unit`). Tracklets are clustered by average-linkage agglomeration on the cosine
 distance (``1 - cos``), with the constraints footage gives for free (:func:`cannot_link`):
 
 * two tracklets seen at the same time in one camera are two people;
@@ -29,9 +29,10 @@ import numpy as np
 
 from hareid.errors import DataError, HareidError
 from hareid.fileio import atomic_folder
+from hareid.index.base import mean_unit
 
 __all__ = ["Track", "TravelWindow", "agglomerate", "auto_threshold", "cannot_link",
-           "link_folders", "link_tracks", "load_tracks", "mean_unit", "parse_travel",
+           "link_folders", "link_tracks", "load_tracks", "parse_travel",
            "write_links"]
 
 
@@ -71,22 +72,6 @@ def parse_travel(text: str) -> TravelWindow:
         raise DataError(f"--travel {text!r}: expected CAM_A:CAM_B:MIN_S:MAX_S with MIN <= MAX seconds, "
                         "e.g. gate:lobby:5:60") from None
     return TravelWindow(head[0], head[1], lo, hi)
-
-
-def mean_unit(features: np.ndarray, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Rows of ``features`` scaled to unit length, averaged per key and re-normalised.
-
-    Returns the keys in first-seen order and their ``(K, D)`` float32 unit vectors."""
-    x = np.asarray(features, np.float32).reshape(len(keys), -1)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    order: dict[str, int] = {}
-    for k in keys:
-        order.setdefault(k, len(order))
-    idx = np.fromiter((order[k] for k in keys), np.int64, len(keys))
-    out = np.zeros((len(order), x.shape[1]), np.float32)
-    np.add.at(out, idx, x)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return list(order), out
 
 
 def cannot_link(tracks: Sequence[Track], travel: Sequence[TravelWindow] = ()) -> np.ndarray:

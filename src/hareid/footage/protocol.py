@@ -99,7 +99,7 @@ def embed_crops(model: torch.nn.Module, info: Mapping[str, Any], paths: Sequence
                 batch_size: int = 64) -> np.ndarray:
     """Unit-length embeddings ``(N, D)`` float32 of image files, through :class:`hareid.Embedder`
     (the same preprocessing and embedding function as evaluation)."""
-    from hareid.embedder import Embedder
+    from hareid.deploy.embedder import Embedder
 
     was_training = model.training
     try:

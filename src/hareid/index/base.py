@@ -514,3 +514,19 @@ def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise HareidError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
     return kind
+
+
+def mean_unit(features: np.ndarray, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Rows of ``features`` scaled to unit length, averaged per key and re-normalised.
+
+    Returns the keys in first-seen order and their ``(K, D)`` float32 unit vectors."""
+    x = np.asarray(features, np.float32).reshape(len(keys), -1)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    order: dict[str, int] = {}
+    for k in keys:
+        order.setdefault(k, len(order))
+    idx = np.fromiter((order[k] for k in keys), np.int64, len(keys))
+    out = np.zeros((len(order), x.shape[1]), np.float32)
+    np.add.at(out, idx, x)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return list(order), out

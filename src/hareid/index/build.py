@@ -300,7 +300,7 @@ def _index_tracklets(index: Any, embedder: Any, records: Sequence[GalleryRecord]
     already indexed are skipped; unreadable crops leave the mean (a tracklet with none is listed)."""
     import numpy as np
 
-    from hareid.footage.link import mean_unit
+    from hareid.index.base import mean_unit
 
     groups: dict[str, list[GalleryRecord]] = {}
     for r in records:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hareid.embedder import Embedder
+from hareid.deploy.embedder import Embedder
 
 
 class ModelEmbedder:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hareid.embedder import Embedder, embed
+from hareid.deploy.embedder import Embedder, embed
 from hareid.errors import DataError
 from hareid.index.faiss_store import GalleryIndex
 from hareid.models.loading import load_model

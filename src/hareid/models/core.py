@@ -25,15 +25,15 @@ per-region loop).
 
 Memory layout (``channels_last=True``, the default): the input is made channels_last once and every
 conv/pool keeps it. Ops whose backward returns NCHW gradients (means, ``grid_sample``) are wrapped
-with :func:`hareid.blocks.channels_last_grad`, and the soft mask is built channels_last, so no ReLU
+with :func:`hareid.models.layers.blocks.channels_last_grad`, and the soft mask is built channels_last, so no ReLU
 backward or gradient sum sees mixed layouts (PyTorch's strided fallback for those is ~5-20x slower;
 ``tests/test_models.py::test_train_gradients_stay_channels_last`` guards this).
 
-Inference (:func:`hareid.inference.optimize_for_inference`): ``_run`` is the ONLY wiring of the
+Inference (:func:`hareid.models.inference.optimize_for_inference`): ``_run`` is the ONLY wiring of the
 network. The inference form is this same class with its parts swapped by
-:func:`hareid.blocks.fuse_blocks` for their ``fuse()`` forms (ConvBlocks -> convolutions with folded
-BN and a ReLU post-op, the attention -> :class:`hareid.attention.FusedHarmAttn`, the sampler ->
-:class:`hareid.attention.StripeSampler`, :class:`GlobalPool` -> a float32 pool, the heads ->
+:func:`hareid.models.layers.blocks.fuse_blocks` for their ``fuse()`` forms (ConvBlocks -> convolutions with folded
+BN and a ReLU post-op, the attention -> :class:`hareid.models.layers.attention.FusedHarmAttn`, the sampler ->
+:class:`hareid.models.layers.attention.StripeSampler`, :class:`GlobalPool` -> a float32 pool, the heads ->
 float32 ``Linear`` with BN folded).
 
 Output contract (docs/architecture.md): ``train()`` -> ``{"logits": [global, local], "features":
@@ -52,14 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from hareid.attention import (
+from hareid.models.layers.attention import (
     REGION_SAMPLING_MODES,
     SOFT_MASKS,
     HarmAttn,
     RegionSampler,
     stripe_centres,
 )
-from hareid.blocks import channels_last_grad
+from hareid.models.layers.blocks import channels_last_grad
 
 __all__ = ["REGION_SAMPLING_MODES", "EmbeddingHead", "GlobalPool", "HarmNet", "halve"]
 
@@ -79,7 +79,7 @@ def min_side(halvings: int) -> int:
 class GlobalPool(nn.Module):
     """Global average pool ``(B, C, H, W) -> (B, C)``; ``float32=True`` accumulates and returns float32.
 
-    Training form: the mean of :func:`~hareid.blocks.channels_last_grad` (the mean's gradient is NCHW);
+    Training form: the mean of :func:`~hareid.models.layers.blocks.channels_last_grad` (the mean's gradient is NCHW);
     :meth:`fuse` gives the inference form, a float32 pool of the run-dtype map.
     """
 
@@ -130,14 +130,14 @@ class HarmNet(nn.Module):
         local_branch: build and run the local branch (off: global branch only, 512-d embedding).
         return_features: train mode also returns the features (for metric losses).
         soft_attn: apply the soft masks (off: the global features are not re-weighted).
-        soft_mask: the soft-mask variant, one of :data:`hareid.attention.SOFT_MASKS`: ``"relu"`` (the
+        soft_mask: the soft-mask variant, one of :data:`hareid.models.layers.attention.SOFT_MASKS`: ``"relu"`` (the
             released code's ``sigmoid(ReLU(.))``, default, torchreid-compatible), ``"sigmoid"``
             (full range, paper Eq. 1), ``"temperature"`` (full range, learned temperature per
             stage), ``"spatial"`` (one full-range map per stage shared by all channels).
         hard_attn: learn the region translations (off: fixed horizontal stripes).
         cross_attn: sample regions from the global stage inputs at every stage (off: only stage 1
             samples from the stem output; later local stages see no global features).
-        region_sampling: ``"direct"`` or ``"torchreid"``, see :func:`hareid.attention.sample_regions`.
+        region_sampling: ``"direct"`` or ``"torchreid"``, see :func:`hareid.models.layers.attention.sample_regions`.
         channels_last: run in channels_last memory format (faster convolutions and pooling on CPU).
         reduction: ChannelAttn reduction rate.
     """
@@ -262,7 +262,7 @@ class HarmNet(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role: ``"backbone"`` (stem and stages: what ImageNet weights fill)
         and ``"head"`` (attention, local branch, embedding layers, classifiers: always new). Used by
-        :func:`hareid.optim.build_optimizer` for ``optim.backbone_lr_mult``."""
+        :func:`hareid.engine.optim.build_optimizer` for ``optim.backbone_lr_mult``."""
         backbone = {id(p) for m in (self.stem, self.stages) for p in m.parameters()}
         groups: dict[str, list[nn.Parameter]] = {"backbone": [], "head": []}
         for p in self.parameters():

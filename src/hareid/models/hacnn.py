@@ -2,7 +2,7 @@
 
 Architecture (paper Table 1 / Fig. 2): stem ConvBlock(3, 32, 3, s=2); three stages
 ``InceptionA(c_in, c) -> InceptionB(c, c)`` with widths (128, 256, 384), each followed by
-:class:`~hareid.attention.HarmAttn`; local blocks ``InceptionB(32, 128)``, ``InceptionB(128, 256)``,
+:class:`~hareid.models.layers.attention.HarmAttn`; local blocks ``InceptionB(32, 128)``, ``InceptionB(128, 256)``,
 ``InceptionB(256, 384)``; both branches end in Linear -> BN1d -> ReLU to 512 dimensions.
 
 Input sizes: any ``H x W`` for which every stride-2 layer shrinks both sides (``H, W >= 9``) and the
@@ -17,7 +17,7 @@ Region sampling (``region_sampling``):
   grid points at stage 1 and no resize pass: hareid-trained models use it.
 * ``"torchreid"`` reproduces torchreid's HACNN (sample at the full source size, then
   bilinear resize with ``align_corners=True``); embeddings match torchreid's to ~1e-7. Use it for
-  torchreid checkpoints: :func:`hareid.torchreid_compat.load_torchreid_hacnn` sets it.
+  torchreid checkpoints: :func:`hareid.models.torchreid_compat.load_torchreid_hacnn` sets it.
 
 BatchNorm over regions: the regions share one local-branch call, so train-mode BN statistics are
 pooled over all ``B*T`` regions; torchreid normalises each region separately in training but with
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from hareid.blocks import ConvBlock, InceptionA, InceptionB
 from hareid.models.core import HarmNet
+from hareid.models.layers.blocks import ConvBlock, InceptionA, InceptionB
 from hareid.models.registry import register_model
 
 __all__ = ["HACNN", "hacnn_region_size"]

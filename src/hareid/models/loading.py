@@ -47,7 +47,7 @@ def model_from_checkpoint(
         model = _build_hareid(ckpt, spec, path)
         info["model"] = spec
     else:
-        from hareid.torchreid_compat import load_torchreid_hacnn
+        from hareid.models.torchreid_compat import load_torchreid_hacnn
 
         try:
             model = load_torchreid_hacnn(dict(ckpt))

@@ -4,7 +4,7 @@ Backbone: MobileNetV2 (Sandler et al., CVPR 2018, Table 2), width 1.0: a 3x3/2 c
 channels, then inverted-residual groups ``(t, c, n, s)`` = (1, 16, 1, 1), (6, 24, 2, 2),
 (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1). Blocks are plain torch
 modules (``Conv2d(bias=False) -> BatchNorm2d -> ReLU6`` in an ``nn.Sequential``), so the generic
-Conv+BN folding of :mod:`hareid.inference` / export covers them.
+Conv+BN folding of :mod:`hareid.models.inference` / export covers them.
 
 Split (attention at strides 8 / 16 / 32, as for ``resnet*_harm``)::
 

@@ -1,7 +1,7 @@
 """ResNet backbones with harmonious attention: the HA-CNN wiring around torchvision ResNets.
 
 ``stem = conv1 + bn1 + relu + maxpool + layer1`` (stride 4), stages ``layer2..layer4`` (stride 2
-each) with a :class:`~hareid.attention.HarmAttn` after each; the local branch uses small bottleneck
+each) with a :class:`~hareid.models.layers.attention.HarmAttn` after each; the local branch uses small bottleneck
 blocks ``1x1 -> 3x3/2 -> 1x1`` on the regions. Weights are randomly initialised (``weights=None``):
 hareid never downloads anything. Same output contract as ``hacnn``.
 """
@@ -13,8 +13,8 @@ from functools import partial
 from torch import nn
 from torchvision import models as tvm
 
-from hareid.blocks import conv_chain
 from hareid.models.core import HarmNet, halve
+from hareid.models.layers.blocks import conv_chain
 from hareid.models.registry import register_model
 
 __all__ = ["ResNetHarm", "resnet18_harm", "resnet50_harm"]

@@ -3,7 +3,7 @@
 Reads, by path only (nothing is downloaded):
 
 * a hareid checkpoint (``.pt`` / ``.safetensors``, training or bare state_dict);
-* a torchreid HACNN checkpoint (keys renamed by :mod:`hareid.torchreid_compat`);
+* a torchreid HACNN checkpoint (keys renamed by :mod:`hareid.models.torchreid_compat`);
 * a torchvision ImageNet ResNet ``.pth`` for the ``resnet*_harm`` backbones (``conv1``, ``bn1``,
   ``layer1`` -> the stem, ``layer2..4`` -> the three stages; ``fc`` is not used);
 * ImageNet MobileNetV2 weights for ``mobilenetv2_harm``, in torchvision's layout or the PyTorch
@@ -101,7 +101,7 @@ def _source_state_dict(ckpt: Mapping[str, Any], path: Path, model: nn.Module) ->
                               "torchreid or torchvision checkpoint")
     sd = {k: v for k, v in strip_prefix(sd).items() if isinstance(v, torch.Tensor)}
     if any(k.startswith(("inception1.", "ha1.", "local_conv1.")) for k in sd):
-        from hareid.torchreid_compat import map_torchreid_keys
+        from hareid.models.torchreid_compat import map_torchreid_keys
 
         return "torchreid", map_torchreid_keys(sd)
     if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):

@@ -1,4 +1,4 @@
-"""Why two people matched: one PNG strip per image from :mod:`hareid.visualize`.
+"""Why two people matched: one PNG strip per image from :mod:`hareid.analysis.visualize`.
 
 Strip = the input, then per stage the soft-attention heatmap with that stage's hard-attention
 regions drawn on it (``attention_panels(...)["combined"]``), upscaled for the page.
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from hareid.visualize import attention_panels
+from hareid.analysis.visualize import attention_panels
 
 GAP = 4  # pixels between panels
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hareid import visualize as viz
+from hareid.analysis import visualize as viz
 
 __all__ = [
     "METRIC_COLUMNS",

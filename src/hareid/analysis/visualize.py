@@ -194,7 +194,9 @@ def bordered(image: Image.Image, kind: str, width: int = 4) -> Image.Image:
 
 
 def _boxes_fn_default() -> BoxesFn:
-    from hareid.attention import translations_to_boxes  # lazy: keeps this module light
+    from hareid.models.layers.attention import (
+        translations_to_boxes,  # lazy: keeps this module light
+    )
 
     return lambda t, hw, scale_h: translations_to_boxes(t, hw, scale_h=scale_h)
 
@@ -213,7 +215,7 @@ def attention_panels(
     Returns ``{"input": [img per image], "soft": [[img per stage] per image],
     "regions": [[img per stage] per image], "combined": [[img per stage] per image]}`` with every
     img a ``uint8`` tensor ``(3, H, W)``. ``boxes_fn(t, (H, W), scale_h)`` defaults to
-    :func:`hareid.attention.translations_to_boxes`.
+    :func:`hareid.models.layers.attention.translations_to_boxes`.
     """
     if images.dim() == 3:
         images = images[None]

@@ -8,7 +8,7 @@
   float32 ``(B, 3, H, W)`` in, float32 ``(B, D)`` embeddings out, equal to ``model.eval()(x)`` (see
   the tolerance below), weights stored once in the run dtype. There is no second graph: the
   model's own wiring (``HarmNet._run``) runs with its blocks swapped for their inference forms, each
-  kept beside its block (``fuse()`` methods, walked once by :func:`hareid.blocks.fuse_blocks`):
+  kept beside its block (``fuse()`` methods, walked once by :func:`hareid.models.layers.blocks.fuse_blocks`):
 
   - BatchNorm folded into the convolutions and ReLU run as the convolution's oneDNN post-op (CPU),
     so a ConvBlock is one pass over memory instead of three;
@@ -16,9 +16,9 @@
   - the soft-attention mask factorised: its 1x1 conv acts on a rank-1 map ``S (B,1,H,W) x C (B,C)``,
     so ``W (S C) = S (W C)``; the ``C x C`` convolution over the full map becomes a ``(B, C) x (C, C)``
     product and one fused multiply-add (exact algebra, ~5 % of HA-CNN's FLOPs and two passes saved;
-    the training model does the same, :meth:`hareid.blocks.ConvBlock.forward_outer`);
+    the training model does the same, :meth:`hareid.models.layers.blocks.ConvBlock.forward_outer`);
   - the regions of all ``T`` stripes sampled by two GEMMs (:func:`sample_stripes`, the
-    :class:`hareid.attention.StripeSampler`) in bf16: no full-map cast to float32, no gather per
+    :class:`hareid.models.layers.attention.StripeSampler`) in bf16: no full-map cast to float32, no gather per
     output value;
   - the global average pool computed once per stage for channel and hard attention; the tiny
     attention heads (pooled vectors, translations, sampling grid) in float32;
@@ -30,9 +30,9 @@
 
   Any other module gets the generic form: BN folded, autocast in the dtype, float32 out.
 
-Why a module of its own: :mod:`hareid.export` writes files (ONNX, TorchScript); these are in-process
+Why a module of its own: :mod:`hareid.deploy.export` writes files (ONNX, TorchScript); these are in-process
 forms for the one embedding function (Embedder, evaluation, index, server). int8 lives in
-:mod:`hareid.quantize`.
+:mod:`hareid.deploy.quantize`.
 
 Tolerance (``tests/test_inference.py``): fp32 form vs ``model.eval()``: max |diff| <= 1e-4 on
 unit-norm branch embeddings; bf16 form: per-image cosine >= 0.99 and max |diff| <= 0.03, the same
@@ -49,8 +49,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from hareid.attention import sample_stripes
-from hareid.blocks import ConvAct, ConvBlock, fuse_blocks
+from hareid.models.layers.attention import sample_stripes
+from hareid.models.layers.blocks import ConvAct, ConvBlock, fuse_blocks
 
 __all__ = [
     "ConvAct",
@@ -141,7 +141,7 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Modul
 def fuse_harmnet(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """The inference form of a :class:`hareid.models.core.HarmNet`: an eval copy (BN folded, frozen,
     channels_last) whose blocks are swapped for their ``fuse()`` forms by
-    :func:`hareid.blocks.fuse_blocks`, weights in ``dtype`` (the attention heads, pooled vectors and
+    :func:`hareid.models.layers.blocks.fuse_blocks`, weights in ``dtype`` (the attention heads, pooled vectors and
     embedding heads float32). The copy runs the model's own wiring; ``model`` is not modified.
     """
     return fuse_blocks(fuse_for_inference(model), dtype)
@@ -268,7 +268,7 @@ def optimize_for_inference(
         dtype = inference_dtype(next(model.parameters()).device)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"optimize_for_inference: dtype must be torch.float32, torch.bfloat16, torch.float16 "
-                         f"or 'auto', got {dtype}; for int8 use hareid.quantize.quantize_int8")
+                         f"or 'auto', got {dtype}; for int8 use hareid.deploy.quantize.quantize_int8")
     with torch.no_grad():
         if isinstance(model, HarmNet):
             return InferenceModel(model, dtype, compile=compile, compile_batch=compile_batch, **compile_kwargs).eval()

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hareid.blocks import ConvBlock, channels_last_grad, grad_layout
+from hareid.models.layers.blocks import ConvBlock, channels_last_grad, grad_layout
 
 __all__ = [
     "REGION_SAMPLING_MODES",
@@ -118,7 +118,7 @@ class SoftAttn(nn.Module):
     ``(B, C, H, W) -> (B, C, H, W)`` mask (``mask="spatial"``: ``(B, 1, H, W)``, broadcast over
     channels). ``S * C`` broadcasts ``(B, 1, H, W) * (B, C, 1, 1)``; the 1x1 ConvBlock lets channels
     and positions interact. Because ``S * C`` has rank 1 per image, the 1x1 convolution is computed
-    as ``S * (W C) + b`` (:meth:`hareid.blocks.ConvBlock.forward_outer`): same values, ~5 % of HA-CNN's
+    as ``S * (W C) + b`` (:meth:`hareid.models.layers.blocks.ConvBlock.forward_outer`): same values, ~5 % of HA-CNN's
     FLOPs and one full-size tensor less. With ``mask="relu"`` (the default, as in the paper's released
     code) the ConvBlock ends in a ReLU, so the mask is ``sigmoid(ReLU(.))`` and lies in ``[0.5, 1)``: it
     re-weights features but never suppresses one by more than half. The other variants are listed
@@ -241,7 +241,7 @@ class FusedHarmAttn(nn.Module):
     soft mask (``relu`` variant) is ``sigmoid(ReLU(Wc (s * c) + bc))`` with ``s (B, 1, H, W)`` the
     spatial and ``c (B, C)`` the channel attention; since ``Wc`` is a 1x1 conv on a rank-1 map,
     ``Wc (s * c) = s * (Wc c)``: one ``(B, C) x (C, C)`` product and one fused multiply-add over the map
-    replace the convolution (as :meth:`hareid.blocks.ConvBlock.forward_outer` does in training).
+    replace the convolution (as :meth:`hareid.models.layers.blocks.ConvBlock.forward_outer` does in training).
     ``sigmoid`` drops the ReLU, ``temperature`` folds ``1/T`` into the mix weights, ``spatial`` runs
     its small conv head as trained, in float32. Spatial and channel attention and the translations
     run in float32 on their small tensors.

@@ -10,7 +10,7 @@
 Inference forms live beside the blocks (as timm keeps a block's deploy form beside it): a block with a
 ``fuse(dtype)`` method returns its inference form, and :func:`fuse_blocks` walks a model once,
 swapping every such block for its form (:class:`ConvBlock` -> :class:`ConvAct`, InceptionA's pooling
-stream -> :class:`BoxPoolAct`; the attention modules and heads of :mod:`hareid.attention` and
+stream -> :class:`BoxPoolAct`; the attention modules and heads of :mod:`hareid.models.layers.attention` and
 :mod:`hareid.models.core` do the same). The model's own wiring then runs the fused modules: there is
 no second copy of the network.
 
@@ -342,7 +342,7 @@ def fuse_blocks(module: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Mod
     inference form (not descending into it), and cast the tensors of every other sub-module to
     ``dtype``; returns ``module``. One walk, top-down; ``module``'s own tensors are left as they are.
 
-    Use it on an eval-mode copy (see :func:`hareid.inference.optimize_for_inference`).
+    Use it on an eval-mode copy (see :func:`hareid.models.inference.optimize_for_inference`).
     """
     for name, child in module.named_children():
         fuse = getattr(child, "fuse", None)

@@ -1,6 +1,6 @@
 """int8 inference on CPU: static quantisation of the hareid inference graph with ONNX Runtime.
 
-:func:`quantize_int8` exports the float32 inference graph of :func:`hareid.inference.optimize_for_inference`
+:func:`quantize_int8` exports the float32 inference graph of :func:`hareid.models.inference.optimize_for_inference`
 (BN folded, factorised soft attention, regions sampled by two matrix products) to ONNX, calibrates
 activation ranges on a few hundred images, and quantises it (QDQ format, per-channel int8 weights,
 uint8 activations; ONNX Runtime fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). The
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hareid.deploy.export import METADATA_KEY, export_metadata
 from hareid.errors import HareidError
-from hareid.export import METADATA_KEY, export_metadata
 
 __all__ = ["KEEP_FLOAT", "QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "load_int8", "quantizable_nodes",
            "quantize_int8"]
@@ -96,7 +96,7 @@ def _float_only_nodes(graph: Any) -> list[str]:
     must stay float32: region coordinates quantised to 8 bits would move regions by a third of a pixel.
 
     The sampling is ``MatMul(rows, map)`` then ``MatMul(cols, .)`` (see
-    :func:`hareid.inference.sample_stripes`; ``GridSample`` with ``region_sampling="torchreid"``): the
+    :func:`hareid.models.inference.sample_stripes`; ``GridSample`` with ``region_sampling="torchreid"``): the
     weight operand of each and everything it is computed from are kept float."""
     producer = {out: node for node in graph.node for out in node.output}
     keep: set[str] = set()
@@ -123,7 +123,7 @@ def _matching_nodes(graph: Any, patterns: Sequence[str], strict: bool) -> list[s
         hit = [n for n in names if n == pat or fnmatch.fnmatchcase(n, pat)]
         if not hit and strict:
             raise HareidError(f"quantize_int8: keep_float pattern {pat!r} matches no node of the graph; "
-                              "hareid.quantize.quantizable_nodes(model) lists them")
+                              "hareid.deploy.quantize.quantizable_nodes(model) lists them")
         out += hit
     return out
 
@@ -133,7 +133,7 @@ def quantizable_nodes(model: nn.Module, height: int, width: int, op_types: Seque
     what ``keep_float`` of :func:`quantize_int8` names."""
     import onnx
 
-    from hareid.inference import optimize_for_inference
+    from hareid.models.inference import optimize_for_inference
 
     inference = optimize_for_inference(model, dtype=torch.float32).cpu()
     buf = io.BytesIO()
@@ -145,7 +145,7 @@ def quantizable_nodes(model: nn.Module, height: int, width: int, op_types: Seque
 
 
 class Int8Model(nn.Module):
-    """An int8 ONNX Runtime session behind the :class:`~hareid.inference.InferenceModel` contract:
+    """An int8 ONNX Runtime session behind the :class:`~hareid.models.inference.InferenceModel` contract:
     float32 ``(B, 3, H, W)`` CPU images (``H x W`` as quantised) -> float32 ``(B, embed_dim)``.
 
     ``onnx_bytes`` is the quantised model; :meth:`save` writes it as an ``.onnx`` file (any ONNX
@@ -260,7 +260,7 @@ def quantize_int8(
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
         raise HareidError(f"int8 quantisation needs onnx and onnxruntime ({exc.name or exc} missing): {_HINT}") from None
-    from hareid.inference import optimize_for_inference
+    from hareid.models.inference import optimize_for_inference
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}

@@ -1,7 +1,7 @@
 """Exported files of a hareid model: ONNX and TorchScript, checked against the eager model.
 
 The in-process inference forms (BN folding, the bf16 graph, compilation) live in
-:mod:`hareid.inference` (int8 in :mod:`hareid.quantize`); :func:`fuse_for_inference` and
+:mod:`hareid.models.inference` (int8 in :mod:`hareid.deploy.quantize`); :func:`fuse_for_inference` and
 :func:`optimize_for_inference` are re-exported here for existing callers.
 
 * :func:`export_onnx` / :func:`export_torchscript` - write the fused eval model (atomic: temp file in
@@ -37,7 +37,7 @@ from torch import nn
 
 from hareid.errors import HareidError
 from hareid.fileio import atomic_path, ensure_disjoint
-from hareid.inference import fuse_for_inference, optimize_for_inference
+from hareid.models.inference import fuse_for_inference, optimize_for_inference
 
 __all__ = [
     "METADATA_KEY",

@@ -9,10 +9,10 @@ feats = emb.embed_boxes(frame_bgr, boxes_xyxy, bgr=True)    # OpenCV frame + (N,
 ```
 
 Backends: a hareid or torchreid checkpoint (``.pt`` / ``.pth`` / ``.safetensors``) or a model
-object runs in PyTorch (:func:`hareid.export.optimize_for_inference`, on the model's device, in
+object runs in PyTorch (:func:`hareid.deploy.export.optimize_for_inference`, on the model's device, in
 ``dtype``: by default ``"auto"``, :func:`hareid.runtime.auto_dtype`: bf16 on a CPU with native bf16,
 a half type on CUDA, else float32; ``dtype=None`` for float32), or as int8 in ONNX Runtime
-(``dtype="int8"`` with ``calibration=`` images: :func:`hareid.quantize.quantize_int8`); an
+(``dtype="int8"`` with ``calibration=`` images: :func:`hareid.deploy.quantize.quantize_int8`); an
 exported ``.onnx`` file runs in ONNX Runtime (``hareid[onnx]``), a
 TorchScript file (``.ts``, ``.torchscript``) in ``torch.jit``. All three share the preprocessing
 (the evaluation transform of :mod:`hareid.data.transforms`: resize to the model's input size,
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hareid.deploy.export import METADATA_KEY
 from hareid.errors import ConfigError, DataError, HareidError
-from hareid.export import METADATA_KEY
 
 __all__ = ["BACKEND_ATOL", "Embedder"]
 
@@ -156,7 +156,7 @@ class Embedder:
 
     def _init_int8(self, calibration: Any, limit: int) -> None:
         """Quantise the module to int8 (ONNX Runtime) on ``calibration`` images."""
-        from hareid.quantize import quantize_int8
+        from hareid.deploy.quantize import quantize_int8
 
         if calibration is None:
             raise HareidError("Embedder: dtype='int8' needs calibration images (calibration=FOLDER, a list of "

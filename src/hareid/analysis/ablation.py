@@ -19,7 +19,7 @@ soft_guided         soft_spatial, taught by the person masks (attention loss) + 
 full_guided         full_spatial, taught by the person masks (attention loss) + loss.attn_weight=1
 ==================  ========================================================  =========================
 
-The ``*_guided`` variants add :class:`hareid.losses.AttentionMaskLoss` (mask-guided attention; the
+The ``*_guided`` variants add :class:`hareid.engine.losses.AttentionMaskLoss` (mask-guided attention; the
 synthetic sets carry the person mask of every image) to the spatial-only mask: with the paper's
 mask the loss barely moves where the attention lies (its spatial branch works at half the stage's
 resolution, so at stage 3 of a 160x64 input, 5x2 cells, it cannot put more weight on the middle of

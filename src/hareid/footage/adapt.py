@@ -119,7 +119,7 @@ def init_model(checkpoint: str | os.PathLike, num_classes: int, ckpt: Mapping[st
     _, info = model_from_checkpoint(ckpt, checkpoint)  # validates the file and the architecture
     spec = dict(info["model"])
     if spec.get("source") == "torchreid":
-        from hareid.torchreid_compat import load_torchreid_hacnn
+        from hareid.models.torchreid_compat import load_torchreid_hacnn
 
         model = load_torchreid_hacnn(ckpt, num_classes=num_classes)
         model.return_features = True

@@ -79,7 +79,7 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def score_model(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
                 parts: list[dict[str, torch.Tensor]], batch_size: int = 32) -> dict[str, Any]:
     """Attention-quality figures for ``images (N, 3, H, W)`` with ``masks (N, H, W)`` and part boxes."""
-    from hareid.attention import translations_to_boxes
+    from hareid.models.layers.attention import translations_to_boxes
 
     model.eval()
     device = next(model.parameters()).device
