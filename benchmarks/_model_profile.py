@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
 warnings.filterwarnings("ignore")
 
-from _peer import _load  # noqa: E402
-
 from hareid.models import build_model  # noqa: E402
+from tests.helpers.peer import _load  # noqa: E402
 
 
 def _logits(out):

@@ -47,15 +47,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
 
 from _machine import machine_line
-from _peer_rank import load_peer_cython, load_peer_rank
 
 from hareid.evaluate import evaluate_features
 from hareid.evaluate.distance import DistanceBlocks, pairwise_distance
 from hareid.evaluate.metrics import evaluate_rank
 from hareid.evaluate.rerank import re_ranking
+from tests.helpers.peer_rank import load_peer_cython, load_peer_rank
 
 
 def market_like(seed: int = 0, num_q: int = 3368, num_g: int = 15913, ids: int = 751,

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
 
 
 def main() -> None:
@@ -29,12 +29,12 @@ def main() -> None:
     ap.add_argument("--open", type=int, default=1, help="which match to open (0-based)")
     args = ap.parse_args()
 
-    from _serve import LiveServer
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from hareid.serve import build_app
+    from tests.helpers.serve import LiveServer
 
     server = LiveServer(build_app(args.checkpoint, args.gallery, progress=False))
     opts = webdriver.ChromeOptions()

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny import Tiny, get_tiny
 
 from hareid.api import (
     build_gallery_index,
@@ -19,11 +18,7 @@ from hareid.api import (
     search_images,
 )
 from hareid.errors import CheckpointError, DataError
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return get_tiny(tmp_path_factory)
+from tests.helpers.tiny import Tiny
 
 
 @pytest.fixture(scope="module")

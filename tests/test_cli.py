@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny import SYNTHETIC, TRAIN_OVERRIDES, Tiny, get_tiny
 from PIL import Image
 
 from hareid.cli import _one_line, build_parser, main
+from tests.helpers.tiny import SYNTHETIC, TRAIN_OVERRIDES, Tiny
 
 COMMANDS = ["demo", "train", "eval", "report", "visualize", "export", "index", "search", "serve",
             "datasets", "synthetic", "attention-score", "ablate", "tracklets", "adapt", "link"]
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return get_tiny(tmp_path_factory)
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:

@@ -4,10 +4,11 @@ back in dataset order and scores like a single process.
 
 Equivalence needs a model whose forward does not depend on how the global batch is split: with
 BatchNorm in train mode each rank normalises by its own 4-image statistics, not the 8-image ones,
-so the tiny model here has no BatchNorm and no dropout (SyncBatchNorm, ``train.sync_bn``, would
-restore equivalence on GPUs). The loss is cross-entropy only: batch-hard triplet mining looks
-inside each rank's batch. Per-rank losses are means over equal per-rank batches, and DDP averages
-gradients, so the update equals the one-process update up to float summation order.
+so the tiny model (``train_once``, tests/helpers/toys.py) has no BatchNorm and no dropout
+(SyncBatchNorm, ``train.sync_bn``, would restore equivalence on GPUs). The loss is cross-entropy
+only: batch-hard triplet mining looks inside each rank's batch. Per-rank losses are means over
+equal per-rank batches, and DDP averages gradients, so the update equals the one-process update up
+to float summation order.
 """
 
 from __future__ import annotations
@@ -17,77 +18,27 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from hareid import distributed as hdist
 from hareid.checkpoint import load_checkpoint
+from tests.helpers.toys import FS, train_once
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TinyNet, TinyReID, tiny_cfg
-
-
-class GlobalOrderSampler(Sampler[int]):
-    """Rank ``r``'s slice of every global batch of one (seed, epoch) permutation."""
-
-    def __init__(self, n: int, global_batch: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.gb, self.rank, self.world, self.epoch = n, global_batch, rank, world_size, 0
-        self.lb = global_batch // world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.gb * self.lb
-
-    def __iter__(self):
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch)).tolist()
-        for i in range(self.n // self.gb):
-            start = i * self.gb + self.rank * self.lb
-            yield from perm[start:start + self.lb]
-
-
-def make_loaders(rank: int, world: int) -> tuple[DataLoader, DataLoader, DataLoader]:
-    train = TinyReID(augment=False)
-    return (
-        DataLoader(train, batch_size=8 // world, sampler=GlobalOrderSampler(len(train), 8, rank, world),
-                   drop_last=True),
-        DataLoader(TinyReID(per_id=2, seed=1, offset=100, augment=False), batch_size=5),
-        DataLoader(TinyReID(per_id=4, seed=2, offset=200, augment=False), batch_size=5),
-    )
-
-
-def make_cfg(out: Path):
-    cfg = tiny_cfg(out, epochs=2, eval_every=0)
-    cfg.loss.triplet_weight = 0.0
-    cfg.optim.warmup_epochs = 0
-    return cfg
-
-
-def train_once(out: Path, rank: int, world: int) -> tuple[dict, dict]:
-    from hareid.engine import Trainer
-
-    torch.manual_seed(0)
-    model = TinyNet(bn=False, dropout=0.0)
-    tr = Trainer(make_cfg(out), model=model, loaders=make_loaders(rank, world), num_classes=6,
-                 model_spec={"name": "tiny", "num_classes": 6})
-    res = tr.fit()
-    return res, {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+ROOT = Path(__file__).resolve().parents[1]  # the repository: ``tests.helpers`` for the workers
 
 
 WORKER = """
 import json, os, sys, torch
-sys.path.insert(0, {tests!r})
 from pathlib import Path
 from dataclasses import asdict
 import numpy as np
 from hareid import distributed as hdist
-from test_distributed import train_once, FS
+from tests.helpers.toys import train_once, FS
 
 info = hdist.init_distributed()
 assert info.world_size == 2 and info.backend == "gloo"
@@ -112,16 +63,6 @@ sys.stdout.flush()
 """
 
 
-@dataclass
-class FS:
-    """Stand-in with FeatureSet's fields (gather_feature_set only needs those)."""
-
-    features: torch.Tensor
-    pids: np.ndarray
-    camids: np.ndarray
-    paths: list[str]
-
-
 def test_single_process_helpers_are_identity() -> None:
     assert not hdist.is_distributed() and hdist.get_rank() == 0 and hdist.get_world_size() == 1
     assert hdist.init_distributed().world_size == 1
@@ -140,8 +81,9 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     ddp_out, ref_out = tmp_path / "ddp", tmp_path / "ref"
     ddp_out.mkdir()
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER.format(tests=str(Path(__file__).parent), out=str(ddp_out))))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    script.write_text(textwrap.dedent(WORKER.format(out=str(ddp_out))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],

@@ -19,20 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _tiny import TRAIN_OVERRIDES, Tiny, get_tiny
 
 from hareid.cli import main
+from tests.helpers.tiny import TRAIN_OVERRIDES, Tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 RUNNABLE = "<!-- runnable -->"
 CACHE = "~/.cache/hareid/synthetic-v1"
 VENV_PREFIX = "python3 -m venv .venv && . .venv/bin/activate && "
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return get_tiny(tmp_path_factory)
 
 
 def blocks(lang: str) -> list[str]:
@@ -106,7 +101,7 @@ def shrink(argv: list[str], tiny: Tiny, work: Path) -> list[str]:
     if command == "serve":  # a server blocks: --check starts it in-process, searches once, exits
         return [*argv, "--check", "--quiet"]
     if command == "tracklets":  # the README's video -> a tiny synthetic street video
-        from _footage import make_video
+        from tests.helpers.footage import make_video
 
         video = work / "tiny_street.avi"
         if not video.is_file():

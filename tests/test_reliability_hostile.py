@@ -1,6 +1,6 @@
 """Issue 21, "lose nothing, leak nothing": the new surfaces (footage, adapt, export, index) under a
 hostile but fair user. One regression test per numbered case, named after it; the server cases
-(2, 3, 4 and the serve side of 11 and 13) live in ``test_reliability_serve.py``.
+(2, 3, 4 and the serve side of 11 and 13) live in ``serve/test_reliability.py``.
 
 Each test does what the probe did and checks the one-line refusal (exit 2) or the clean stop
 (exit 130), and that the user's files are unchanged.
@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _tiny import Tiny, get_tiny
-from test_reliability import (
+
+from hareid.errors import DataError, HareidError
+from tests.helpers.reliability import (
     _png_header_only,
     cli,
     error_line,
@@ -29,20 +30,14 @@ from test_reliability import (
     snapshot,
     train,
 )
-
-from hareid.errors import DataError, HareidError
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return get_tiny(tmp_path_factory)
+from tests.helpers.tiny import Tiny
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of 40 PNG frames of walking figures (read-only: copy it to change it)."""
     pytest.importorskip("cv2")
-    from _footage import make_frames
+    from tests.helpers.footage import make_frames
 
     folder = tmp_path_factory.mktemp("footage") / "cam1" / "frames"
     make_frames(folder, n=40)
@@ -52,7 +47,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("cv2")
-    from _footage import make_video
+    from tests.helpers.footage import make_video
 
     path = tmp_path_factory.mktemp("video") / "cam.avi"
     make_video(path, n=60)
@@ -147,7 +142,7 @@ def test_case05_synthetic_of_huge_images_is_refused_before_writing(tmp_path: Pat
 # ------------------------------------------------------------------ 11. signals outside train
 def test_case11_tracklets_sigterm_exits_130_and_removes_its_temp_folder(tmp_path: Path) -> None:
     pytest.importorskip("cv2")
-    from _footage import make_video
+    from tests.helpers.footage import make_video
 
     make_video(tmp_path / "long.avi", n=400)
     proc = hareid_process(["tracklets", str(tmp_path / "long.avi"), "--out", str(tmp_path / "t"), "--quiet"])
@@ -367,15 +362,14 @@ ADAPT = ["--quiet", "train.epochs=2", "adapt.holdout=0.45", "adapt.min_crops=4",
 def test_case08_adapt_ctrl_c_exits_130_and_its_resume_advice_works(tiny: Tiny, tmp_path: Path, capsys) -> None:
     import shlex
 
-    from _footage import make_video
-
     from hareid.cli import main
+    from tests.helpers.footage import make_video
 
     pytest.importorskip("cv2")
     make_video(tmp_path / "street.avi")
     run = tmp_path / "run"
     proc = hareid_process(["adapt", str(tiny.checkpoint), str(tmp_path / "street.avi"), "--out", str(run), *ADAPT])
-    from test_reliability import wait_for
+    from tests.helpers.reliability import wait_for
 
     wait_for(run / "config.yaml", proc)  # training starts: stop it inside its first epoch
     time.sleep(1.0)
@@ -392,7 +386,7 @@ def test_case08_adapt_ctrl_c_exits_130_and_its_resume_advice_works(tiny: Tiny, t
 
 def test_case08_adapt_failure_leaves_no_folder_the_retry_refuses(tiny: Tiny, tmp_path: Path, capsys) -> None:
     pytest.importorskip("cv2")
-    from _footage import FIGURES, make_video
+    from tests.helpers.footage import FIGURES, make_video
 
     make_video(tmp_path / "one.avi", n=50, figures=FIGURES[:1])  # one person: one tracklet
     run = tmp_path / "run"

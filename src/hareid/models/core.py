@@ -20,14 +20,14 @@ same normalisation (the running statistics estimate exactly what training used) 
 instead of ``T``. Measured on HA-CNN's first local block (random init, inputs whose statistics vary
 from top to bottom as person images do, exact running averages): the train-mode vs eval-mode output
 differs by 1% (relative L2) with pooled statistics and by 74% (60-88% per region) with per-region
-statistics. ``tests/test_models.py`` checks that batching changes nothing else (eval mode equals a
+statistics. ``tests/models/test_models.py`` checks that batching changes nothing else (eval mode equals a
 per-region loop).
 
 Memory layout (``channels_last=True``, the default): the input is made channels_last once and every
 conv/pool keeps it. Ops whose backward returns NCHW gradients (means, ``grid_sample``) are wrapped
 with :func:`hareid.models.layers.blocks.channels_last_grad`, and the soft mask is built channels_last, so no ReLU
 backward or gradient sum sees mixed layouts (PyTorch's strided fallback for those is ~5-20x slower;
-``tests/test_models.py::test_train_gradients_stay_channels_last`` guards this).
+``tests/models/test_models.py::test_train_gradients_stay_channels_last`` guards this).
 
 Inference (:func:`hareid.models.inference.optimize_for_inference`): ``_run`` is the ONLY wiring of the
 network. The inference form is this same class with its parts swapped by

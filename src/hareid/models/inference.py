@@ -34,7 +34,7 @@ Why a module of its own: :mod:`hareid.deploy.export` writes files (ONNX, TorchSc
 forms for the one embedding function (Embedder, evaluation, index, server). int8 lives in
 :mod:`hareid.deploy.quantize`.
 
-Tolerance (``tests/test_inference.py``): fp32 form vs ``model.eval()``: max |diff| <= 1e-4 on
+Tolerance (``tests/models/test_inference.py``): fp32 form vs ``model.eval()``: max |diff| <= 1e-4 on
 unit-norm branch embeddings; bf16 form: per-image cosine >= 0.99 and max |diff| <= 0.03, the same
 band as bf16 autocast on the original model (bf16 keeps ~3 significant digits).
 """

@@ -1,0 +1,1 @@
+"""Tests of hareid.analysis: pictures, attention scores, the HTML report."""

@@ -1,0 +1,1 @@
+"""Tests of hareid.data: dataset layouts, loaders, the sampler, the synthetic benchmark."""

@@ -1,0 +1,194 @@
+"""hareid.deploy.quantize: int8 (ONNX Runtime) embeddings and retrieval parity with fp32 and bf16."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hareid.errors import HareidError
+from hareid.models import build_model
+from hareid.models.inference import optimize_for_inference
+from tests.helpers.toys import trained_like
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from hareid.deploy.quantize import Int8Model, load_int8, quantize_int8
+
+SIZE = (96, 48)  # small, fast; any size the model accepts works
+
+
+_trained_like = trained_like  # non-trivial BN statistics and moving regions (tests/helpers/toys.py)
+
+
+def _smooth_images(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Distinct, natural-ish images: low-frequency colour noise upsampled to SIZE (normalised scale)."""
+    low = torch.randn(n, 3, 6, 3, generator=gen)
+    return F.interpolate(low, size=SIZE, mode="bicubic", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = _trained_like(build_model("hacnn", num_classes=7))
+    gen = torch.Generator().manual_seed(0)
+    calib = _smooth_images(32, gen)
+    q = quantize_int8(model, calib, num_calibration=32, batch_size=16)
+    return model, q, gen
+
+
+def test_int8_embeddings_close_to_fp32(setup) -> None:
+    model, q, gen = setup
+    x = _smooth_images(6, gen)
+    out = q(x)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    assert isinstance(q, Int8Model) and q.input_size == SIZE and q.embed_dim == 1024
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert float(F.cosine_similarity(out, ref).min()) >= 0.99
+    torch.testing.assert_close(out[:, :512].norm(dim=1), torch.ones(6), atol=1e-3, rtol=0)  # unit branches
+
+
+def test_retrieval_parity_fp32_bf16_int8(setup) -> None:
+    """Nearest neighbours agree across precisions on a small retrieval task: 24 gallery images, 24
+    queries that are the gallery images shifted by 2 pixels with noise.
+
+    A random-weight model spreads embeddings little, so some fp32 decisions are near-ties. Two checks:
+    >= 90 % top-1 agreement and >= 80 % top-5 overlap overall, and exact agreement wherever fp32's
+    margin (2nd minus 1st distance) exceeds 4 eps, eps the largest embedding error (L2): there no
+    perturbation of that size can flip the order (bf16 has such queries here; int8's larger error
+    leaves none on this weakly discriminative random model, so it rests on the overall agreement;
+    the trained-model table is in benchmarks/int8_parity.py)."""
+    model, q, _ = setup
+    gen = torch.Generator().manual_seed(5)
+    gallery = _smooth_images(24, gen)
+    queries = torch.roll(gallery, shifts=2, dims=3) + 0.15 * torch.randn(gallery.shape, generator=gen)
+    forms = {"fp32": model.eval(), "bf16": optimize_for_inference(model, dtype=torch.bfloat16), "int8": q}
+    feats = {}
+    for name, fn in forms.items():
+        with torch.no_grad():
+            feats[name] = (fn(queries).float(), fn(gallery).float())
+    d_ref = torch.cdist(*feats["fp32"]).sort(dim=1)
+    top_ref, margin = d_ref.indices[:, :5], d_ref.values[:, 1] - d_ref.values[:, 0]
+    assert (top_ref[:, 0] == torch.arange(24)).float().mean() >= 0.9  # the task is solvable
+    for name in ("bf16", "int8"):
+        qf, gf = feats[name]
+        eps = max((qf - feats["fp32"][0]).norm(dim=1).max().item(), (gf - feats["fp32"][1]).norm(dim=1).max().item())
+        top = torch.cdist(qf, gf).topk(5, dim=1, largest=False).indices
+        same = top[:, 0] == top_ref[:, 0]
+        overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top, top_ref)) / top.numel()
+        assert same.float().mean() >= 0.9 and overlap >= 0.8, (name, same.float().mean(), overlap)
+        clear = margin > 4 * eps
+        assert bool(same[clear].all()), (name, eps, margin[clear & ~same])
+        if name == "bf16":  # int8's eps (~0.008) exceeds this random model's margins: no clear case there
+            assert int(clear.sum()) >= 4
+
+
+def test_sampling_weights_stay_float(setup) -> None:
+    """No quantised value feeds the region sampling weights (rows / columns matrices of the two
+    sampling MatMuls per stage) except through Shape (sizes, not values): regions keep sub-pixel
+    positions."""
+    import onnx
+
+    _, q, _ = setup
+    graph = onnx.load_from_string(q.onnx_bytes).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    weights = [n.input[0] for n in graph.node if n.op_type == "MatMul"]
+    weights += [n.input[1] for n in graph.node if n.op_type == "GridSample"]
+    assert len(weights) >= 6  # rows and columns of three stages
+    for start in weights:
+        stack, seen = [(start, "MatMul")], set()
+        while stack:
+            name, consumer = stack.pop()
+            node = producer.get(name)
+            if node is None or (node.name, consumer) in seen:
+                continue
+            seen.add((node.name, consumer))
+            if node.op_type == "DequantizeLinear":
+                assert consumer == "Shape", f"a quantised value reaches a sampling weight via {consumer}"
+                continue
+            if node.op_type != "ReduceMean":
+                stack.extend((i, node.op_type) for i in node.input)
+
+
+def test_save_load_and_errors(setup, tmp_path: Path) -> None:
+    model, q, gen = setup
+    path = q.save(tmp_path / "m.int8.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.int8.onnx"]
+    again = load_int8(path)
+    x = _smooth_images(3, gen)
+    torch.testing.assert_close(again(x), q(x))
+    with pytest.raises(ValueError, match="quantised for 96x48"):
+        q(torch.randn(1, 3, 160, 64))
+    with pytest.raises(ValueError, match="float image batch"):
+        q(torch.zeros(1, 3, *SIZE, dtype=torch.uint8))
+    with pytest.raises(HareidError, match="not found"):
+        load_int8(tmp_path / "nope.onnx")
+    with pytest.raises(HareidError, match="calibration"):
+        quantize_int8(model, [torch.randn(2, 5)])
+    with pytest.raises(HareidError, match="all be"):
+        quantize_int8(model, [torch.randn(2, 3, *SIZE), torch.randn(2, 3, 160, 64)])
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(HareidError, match=r"hareid\[onnx\]") as err:
+        quantize_int8(build_model("hacnn", num_classes=3), torch.randn(2, 3, *SIZE))
+    assert "\n" not in str(err.value)
+
+
+def test_a_saved_int8_file_runs_in_the_embedder(setup, tmp_path: Path) -> None:
+    """`Int8Model.save` writes a plain .onnx that `hareid.Embedder` reads like any export: input size
+    and normalisation from the file, unit rows close to the float model's Embedder."""
+    import numpy as np
+
+    from hareid import Embedder
+
+    model, q, _ = setup
+    path = tmp_path / "model.int8.onnx"
+    q.save(path)
+    emb = Embedder(path)
+    assert emb.input_size == SIZE
+    crops = [np.random.default_rng(i).integers(0, 256, (120, 50, 3), dtype=np.uint8) for i in range(4)]
+    ref = Embedder(model, info={"height": SIZE[0], "width": SIZE[1]}, dtype=None).embed(crops)
+    got = emb.embed(crops)
+    assert got.shape == ref.shape == (4, 1024)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * ref).sum(1).min()) >= 0.98
+
+
+def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_path: Path) -> None:
+    """keep_float patterns keep those convolutions float (no DequantizeLinear feeds them); a pattern
+    matching nothing is refused; a calibration cache written once gives the same int8 model again."""
+    import onnx
+
+    from hareid.deploy.quantize import quantizable_nodes
+
+    model, q_all, gen = setup
+    names = quantizable_nodes(model, *SIZE)
+    assert "/stem/Conv" in names and len(names) >= 60
+    calib = _smooth_images(32, gen)
+    cache = tmp_path / "ranges.json"
+    kept = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/local.2/*"],
+                         calibration_cache=cache)
+    assert cache.is_file()
+
+    def float_convs(m: Int8Model) -> set[str]:
+        graph = onnx.load_from_string(m.onnx_bytes).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        return {n.name for n in graph.node if n.op_type == "Conv"
+                and producer.get(n.input[1]) != "DequantizeLinear"}
+
+    expected = {n for n in names if n == "/stem/Conv" or n.startswith("/local.2/")}
+    assert len(expected) > 2 and float_convs(kept) == expected
+    assert float_convs(q_all) == set()
+    again = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/local.2/*"],
+                          calibration_cache=cache)
+    x = _smooth_images(4, gen)
+    torch.testing.assert_close(again(x), kept(x))
+    with pytest.raises(HareidError, match="matches no node"):
+        quantize_int8(model, calib, num_calibration=32, keep_float=["/stem_typo/*"])

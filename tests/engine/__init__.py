@@ -1,0 +1,1 @@
+"""Tests of hareid.engine: the Trainer, losses, optimisers, fault injection."""

@@ -1,0 +1,1 @@
+"""Tests of hareid.evaluate: features, metrics, re-ranking, streaming, junk rules."""

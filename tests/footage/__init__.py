@@ -1,0 +1,1 @@
+"""Tests of hareid.footage: readers, tracking, the label-free protocol, adaptation, linking."""

@@ -1,0 +1,1 @@
+"""Shared test helpers: the tiny set and run, toy models and data, synthetic footage, servers, peers."""

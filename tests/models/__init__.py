@@ -1,0 +1,1 @@
+"""Tests of hareid.models: layers, the registered networks, inference forms, weights."""
