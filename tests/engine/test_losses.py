@@ -61,3 +61,52 @@ def test_reid_loss_averages_branches_and_weights() -> None:
     assert only_ce.item() == pytest.approx(ce(logits[0], y).item(), abs=1e-6)
     with pytest.raises(ValueError, match="return_features"):
         crit({"logits": logits}, y)
+
+
+def test_cross_entropy_over_competing_classes_equals_the_sub_softmax() -> None:
+    """With ``allowed``, each row is the library cross-entropy over its allowed classes alone."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 6), torch.tensor([0, 1, 4, 5, 2])
+    allowed = torch.zeros(5, 6, dtype=torch.bool)
+    allowed[:, :3] = True  # rows 0, 1, 4: classes 0-2
+    allowed[2:4] = False
+    allowed[2:4, 3:] = True  # rows 2, 3: classes 3-5
+    ce = CrossEntropyLabelSmooth(epsilon=0.1)
+    ref = []
+    for row, t, ok in zip(logits, targets, allowed):
+        idx = ok.nonzero().squeeze(1)
+        ref.append(torch.nn.functional.cross_entropy(row[idx][None], (idx == t).nonzero()[0], label_smoothing=0.1))
+    assert ce(logits, targets, allowed).item() == pytest.approx(torch.stack(ref).mean().item(), rel=1e-6)
+    assert ce(logits, targets, torch.ones(5, 6, dtype=torch.bool)).item() == pytest.approx(ce(logits, targets).item())
+
+
+def test_triplet_ignores_pairs_that_are_not_comparable() -> None:
+    # ids 0 and 1 in camera A, id 2 in camera B; sample 4 (id 2) lies right on top of sample 0
+    f = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 1.0], [0.0, 0.1]])
+    t = torch.tensor([0, 0, 1, 1, 2])
+    cam = torch.tensor([0, 0, 0, 0, 1])
+    comparable = cam[:, None] == cam[None, :]
+    loss = TripletLoss(margin=0.3)
+    # comparable only: anchors 0-3 as without sample 4: d_ap = 1, d_an = 3 -> relu(1 - 3 + .3) = 0;
+    # sample 4 has no comparable negative and is left out
+    assert loss(f, t, comparable).item() == pytest.approx(0.0)
+    # all pairs: sample 4 is anchor 0's nearest negative (0.1): relu(1 - 0.1 + 0.3) = 1.2 for anchors 0;
+    # anchor 1: d_an = min(3.16, 0.9) = 0.9 -> 0.4; anchor 4: d_ap = 0 (itself), d_an = 0.1 -> 0.2
+    assert loss(f, t).item() == pytest.approx((1.2 + 0.4 + 0 + 0 + 0.2) / 5, abs=1e-4)
+
+
+def test_reid_loss_compete_matrix_limits_both_terms() -> None:
+    torch.manual_seed(1)
+    feats, logits = torch.randn(8, 4), torch.randn(8, 4)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    fn = ReIDLoss(ce_weight=1.0, triplet_weight=1.0)
+    out = {"logits": [logits], "features": [feats]}
+    everyone, _ = fn(out, targets)
+    fn.compete = torch.ones(4, 4, dtype=torch.bool)
+    assert fn(out, targets)[0].item() == pytest.approx(everyone.item())  # all compete: the usual loss
+    fn.compete = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    cams = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    allowed = fn.compete[targets]
+    ce = CrossEntropyLabelSmooth(epsilon=0.1)(logits, targets, allowed)
+    tri = TripletLoss(0.3)(feats, targets, cams[:, None] == cams[None, :])
+    assert fn(out, targets)[0].item() == pytest.approx((ce + tri).item(), rel=1e-6)

@@ -210,3 +210,14 @@ def test_recompute_batchnorm_measures_the_target_statistics(tmp_path: Path) -> N
     with torch.no_grad():
         expected = conv(x).mean(dim=(0, 2, 3))  # two equal batches: the mean of batch means
     torch.testing.assert_close(bn.running_mean, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pseudo_identities_compete_only_within_a_camera() -> None:
+    from hareid.footage.adapt import _PseudoIds
+
+    spans = [[("cam0", 0, 5)], [("cam0", 2, 8)], [("cam1", 0, 4)], [("cam0", 9, 12), ("cam1", 20, 25)]]
+    ids = _PseudoIds([], np.arange(4), [], [], [], np.zeros((4, 4), bool), spans, {})
+    expected = np.array([[1, 1, 0, 1], [1, 1, 0, 1], [0, 0, 1, 1], [1, 1, 1, 1]], bool)  # merged id 3: both
+    assert (ids.compete() == expected).all()
+    one = _PseudoIds([], np.arange(2), [], [], [], np.zeros((2, 2), bool), spans[:2], {})
+    assert one.compete() is None  # one camera: every tracklet competes (the usual loss)

@@ -28,10 +28,18 @@ class CrossEntropyLabelSmooth(nn.Module):
         self.num_classes = num_classes
         self.epsilon = epsilon
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, allowed: Tensor | None = None) -> Tensor:
+        """``allowed``: optional ``(B, K)`` bool, the classes each sample's target competes with
+        (its own included): the softmax and the smoothing run over those classes only."""
         if self.num_classes is not None and logits.shape[-1] != self.num_classes:
             raise ValueError(f"expected logits with {self.num_classes} classes, got {logits.shape[-1]}")
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
+        if allowed is None:
+            return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
+        logp = F.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)  # (B, K)
+        logp = logp.masked_fill(~allowed, 0.0)
+        nll = -logp.gather(1, targets[:, None]).squeeze(1)  # (B,)
+        smooth = -logp.sum(1) / allowed.sum(1)  # mean over the allowed classes
+        return ((1 - self.epsilon) * nll + self.epsilon * smooth).mean()
 
 
 def pairwise_euclidean(x: Tensor) -> Tensor:
@@ -53,11 +61,14 @@ class TripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
-    def forward(self, features: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, features: Tensor, targets: Tensor, comparable: Tensor | None = None) -> Tensor:
+        """``comparable``: optional ``(B, B)`` bool; a pair that is not comparable is neither a
+        positive nor a negative (e.g. tracklets of two cameras, which may be one person)."""
         dist = pairwise_euclidean(features.float())
         same = targets.unsqueeze(0) == targets.unsqueeze(1)
+        other = ~same if comparable is None else ~same & comparable
         d_ap = dist.masked_fill(~same, float("-inf")).amax(dim=1)
-        d_an = dist.masked_fill(same, float("inf")).amin(dim=1)
+        d_an = dist.masked_fill(~other, float("inf")).amin(dim=1)
         valid = torch.isfinite(d_an)
         if not bool(valid.any()):
             return features.sum() * 0.0  # one identity in the batch: no triplet, keep the graph
@@ -128,6 +139,12 @@ class ReIDLoss(nn.Module):
     """``ce_weight * mean_b CE(logits_b) + triplet_weight * mean_b Triplet(features_b)
     + attn_weight * AttentionMaskLoss(soft masks, person masks)``.
 
+    ``compete``: optional ``(K, K)`` bool over the classes, which classes a sample's class is
+    told apart from (set by ``hareid adapt`` on footage of several cameras: tracklets compete only
+    with tracklets of their own camera, since two cameras' tracklets may be one person). The
+    cross-entropy's softmax then runs over the competing classes, and the triplet's negatives are
+    samples of competing classes. ``None``: every class competes with every other (the usual).
+
     ``outputs`` is the model's training output ``{"logits": [per branch], "features": [per branch],
     "soft": [per stage]}`` (a bare logits tensor or list is accepted too). Branch losses are
     averaged, so the weights do not depend on the number of branches. The attention term is added
@@ -150,6 +167,7 @@ class ReIDLoss(nn.Module):
         self.ce = CrossEntropyLabelSmooth(epsilon=label_smooth)
         self.triplet = TripletLoss(margin=margin)
         self.attn = AttentionMaskLoss(attn_form)
+        self.compete: Tensor | None = None
 
     @property
     def needs_features(self) -> bool:
@@ -178,10 +196,14 @@ class ReIDLoss(nn.Module):
             logits, features = self._as_list(outputs), []
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
+        allowed = comparable = None
+        if self.compete is not None:
+            rows = self.compete.to(targets.device)[targets]  # (B, K)
+            allowed, comparable = rows, rows[:, targets]  # (B, K), (B, B)
         if self.ce_weight > 0:
             if not logits:
                 raise ValueError("cross-entropy weight > 0 but the model returned no logits")
-            ce = torch.stack([self.ce(lg, targets) for lg in logits]).mean()
+            ce = torch.stack([self.ce(lg, targets, allowed) for lg in logits]).mean()
             parts["ce"] = ce.detach()
             total = self.ce_weight * ce
         if self.triplet_weight > 0:
@@ -189,7 +211,7 @@ class ReIDLoss(nn.Module):
                 raise ValueError(
                     "triplet weight > 0 but the model returned no features; build it with return_features=True"
                 )
-            tri = torch.stack([self.triplet(f, targets) for f in features]).mean()
+            tri = torch.stack([self.triplet(f, targets, comparable) for f in features]).mean()
             parts["triplet"] = tri.detach()
             total = self.triplet_weight * tri if total is None else total + self.triplet_weight * tri
         if total is None:

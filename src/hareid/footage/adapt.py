@@ -12,6 +12,10 @@
    so no label is used anywhere. With ``adapt.holdout=0`` (or too few long held-out tracklets)
    ``best.pt`` is the last epoch.
 3. **Pseudo-identities**: one per training tracklet with at least ``adapt.min_crops`` crops.
+   With several cameras (``adapt.camera_aware``, default on) a tracklet is told apart only from
+   tracklets of its own camera (:class:`~hareid.engine.losses.ReIDLoss` ``compete``): the same
+   person seen by two cameras is two tracklets, and pushing them apart would teach the model
+   to tell cameras apart rather than people.
    Optionally (``adapt.merge=true``) tracklets of one person (re-entries, tracks broken by
    occlusion) are merged by average-linkage clustering of the starting model's tracklet
    embeddings, never merging two tracklets seen in the same frame, up to a distance threshold
@@ -69,6 +73,7 @@ class AdaptOptions:
     spread: bool = True  # K crops of a tracklet from K time slices
     min_crops: int = 4  # shorter tracklets are not trained on
     iters_per_epoch: int = 0  # 0 = number of training crops / batch size
+    camera_aware: bool = True  # several cameras: a tracklet is told apart only from its own camera's
 
 
 def split_overrides(items: Sequence[str]) -> tuple[list[str], AdaptOptions]:
@@ -377,6 +382,14 @@ class _PseudoIds:
     def num_ids(self) -> int:
         return int(self.labels.max()) + 1
 
+    def compete(self) -> np.ndarray | None:
+        """``(num_ids, num_ids)`` bool: pseudo-identities that share a camera (source), the only ones
+        training tells apart; ``None`` when all come from one camera (then all compete)."""
+        cams = [{s for s, _, _ in spans} for spans in self.spans]
+        if len(set().union(*cams)) < 2:
+            return None
+        return np.array([[bool(a & b) for b in cams] for a in cams])
+
 
 def _cfg_overrides(overrides: Sequence[str]) -> tuple[list[str], AdaptOptions]:
     """Config overrides and adapt.* options; a 1-epoch run gets no warmup (the recipe's needs 2+)."""
@@ -547,6 +560,9 @@ def _adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], 
     trainer = Trainer(cfg, model=model, dataset=dataset, loaders=(train_loader, q_loader, g_loader),
                       eval_fn=eval_fn, num_classes=ids.num_ids, model_spec=spec, overwrite=overwrite,
                       init_report=init_report)
+    compete = ids.compete() if opts.camera_aware else None
+    if compete is not None:  # two cameras' tracklets may be one person: neither class nor negative
+        trainer.loss_fn.compete = torch.from_numpy(compete)
     result = trainer.fit()
     if result.get("interrupted"):  # Ctrl-C / SIGTERM: the checkpoint is saved, best.pt may not exist yet
         result["adapt"] = None
@@ -559,6 +575,7 @@ def _adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], 
         "options": dataclasses.asdict(opts), "train_tracklets": len(ids.kept),
         "held_out_tracklets": len(val_ids), "straddling_dropped": straddle,
         "pseudo_identities": ids.num_ids, "train_crops": len(ids.records), "merge": ids.merge,
+        "camera_aware": compete is not None,
         "validation_queries": len(val.query) if val else 0, "epoch0": epoch0, "monitor": log,
         "best": result.get("best") or {"epoch": result.get("epoch"), "metric": "last epoch"},
         "seconds": {"tracklets": round(t_extract, 1), "total": round(time.perf_counter() - tic, 1)},
