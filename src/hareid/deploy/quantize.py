@@ -160,6 +160,9 @@ class Int8Model(nn.Module):
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between calls: ORT's threads otherwise spin after each run and take the
+        # cores from the PyTorch work of the same process (the Embedder's preprocessing, a server)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.input_size = (int(meta.get(_META + "height", 0)), int(meta.get(_META + "width", 0)))
