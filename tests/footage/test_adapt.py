@@ -166,6 +166,38 @@ def test_adapt_end_to_end_on_a_synthetic_video(tiny: Tiny, tmp_path: Path, capsy
     assert "mAP" in capsys.readouterr().out
 
 
+def test_adapt_on_two_cameras_trains_camera_aware(tiny: Tiny, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Two cameras: the loss the Trainer optimises tells a tracklet apart only from its own camera's."""
+    pytest.importorskip("cv2")
+    from hareid.engine import losses
+    from tests.helpers.footage import FIGURES, make_video
+
+    videos = [tmp_path / "north.avi", tmp_path / "south.avi"]
+    make_video(videos[0])
+    make_video(videos[1], figures=FIGURES[::-1])
+    seen: list = []
+    real_forward = losses.ReIDLoss.forward
+
+    def spy(self, outputs, targets, person=None):
+        seen.append(self.compete)
+        return real_forward(self, outputs, targets, person)
+
+    monkeypatch.setattr(losses.ReIDLoss, "forward", spy)
+    run = tmp_path / "run"
+    rc = main(["adapt", str(tiny.checkpoint), *map(str, videos), "--out", str(run), "--quiet", "train.epochs=1",
+               "adapt.holdout=0", "adapt.min_crops=4", "data.batch_size=8", "data.num_instances=4",
+               "data.workers=0", "train.progress=false"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    rec = json.loads((run / "adapt.json").read_text())
+    assert rec["camera_aware"] is True and seen and all(c is not None for c in seen)
+    meta = json.loads((run / "tracklets" / "tracklets.json").read_text())
+    kept = [t for t in meta["tracklets"] if len(t["crops"]) >= 4]
+    cams = np.array([t["source"] for t in kept])
+    assert len(set(cams)) == 2
+    assert seen[0].shape == (len(kept), len(kept))
+    assert (seen[0].numpy() == (cams[:, None] == cams[None, :])).all()  # no merge: a tracklet's own camera
+
+
 def test_init_model_from_a_torchreid_checkpoint(tmp_path: Path) -> None:
     from hareid.models.torchreid_compat import load_torchreid_hacnn
     from tests.helpers.peer import peer_hacnn

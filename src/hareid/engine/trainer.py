@@ -131,8 +131,10 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         overwrite: bool = False,
         init_report: Any = None,
+        compete: torch.Tensor | None = None,
     ) -> None:
         self.cfg = cfg
+        self._compete = compete  # (K, K) bool: which classes the loss tells apart (ReIDLoss.compete)
         self._init_in = init_report
         self._model_in, self.dataset, self._loaders_in = model, dataset, loaders
         self._eval_fn = eval_fn
@@ -174,6 +176,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.loss_fn = ReIDLoss(cfg.loss.ce_weight, cfg.loss.label_smooth, cfg.loss.triplet_weight,
                                 cfg.loss.margin, cfg.loss.attn_weight, cfg.loss.attn_form)
+        self.loss_fn.compete = self._compete
         self._build_data()
         self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optim)

@@ -557,12 +557,11 @@ def _adapt(checkpoint: str | os.PathLike, footage: Sequence[str | os.PathLike], 
           + (f"; before adaptation: Rank-1 {100 * epoch0['rank1']:.1f}% mAP {100 * epoch0['mAP']:.1f}%" if epoch0 else ""),
           file=sys.stderr)
     # model.init records where the weights came from (RUN/init.json): init_report, made above
+    # several cameras: two cameras' tracklets may be one person, so neither rival class nor negative
+    compete = ids.compete() if opts.camera_aware else None
     trainer = Trainer(cfg, model=model, dataset=dataset, loaders=(train_loader, q_loader, g_loader),
                       eval_fn=eval_fn, num_classes=ids.num_ids, model_spec=spec, overwrite=overwrite,
-                      init_report=init_report)
-    compete = ids.compete() if opts.camera_aware else None
-    if compete is not None:  # two cameras' tracklets may be one person: neither class nor negative
-        trainer.loss_fn.compete = torch.from_numpy(compete)
+                      init_report=init_report, compete=None if compete is None else torch.from_numpy(compete))
     result = trainer.fit()
     if result.get("interrupted"):  # Ctrl-C / SIGTERM: the checkpoint is saved, best.pt may not exist yet
         result["adapt"] = None
