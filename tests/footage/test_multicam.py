@@ -218,6 +218,13 @@ def test_link_writes_global_ids_per_camera(tracklets, tmp_path: Path) -> None:
         assert rows == {(c["frame"] + 1, gid[t["key"]]) for t, c in crops}
     saved = json.loads((tmp_path / "links" / "identities.json").read_text())
     assert saved["identities"] == doc["identities"]
+    # the sheet to check links by eye: one row per identity seen by several cameras (person 1)
+    from PIL import Image
+
+    with Image.open(tmp_path / "links" / "identities.jpg") as im:
+        multi = [v for v in doc["identities"].values() if len({x["camera"] for x in v}) > 1]
+        assert len(multi) == 1 and im.height == 1 * (96 + 12 + 4) + 4
+        assert im.width == 90 + len(multi[0]) * (40 + 4) + 4
 
 
 def test_link_never_joins_people_seen_together(tracklets, tmp_path: Path) -> None:

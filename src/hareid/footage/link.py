@@ -199,7 +199,8 @@ def track_vectors(tracks: Sequence[Track], embed: Callable[[list[str]], np.ndarr
 
 def write_links(out: Path, tracks: Sequence[Track], labels: np.ndarray, info: dict[str, Any]) -> dict:
     """``out/<camera>.txt`` (MOTChallenge ``frame,id,x,y,w,h,conf,-1,-1,-1``; 1-based frames,
-    global ids from 1) and ``out/identities.json`` (id -> list of camera, tracklet, start, end)."""
+    global ids from 1), ``out/identities.json`` (id -> list of camera, tracklet, start, end) and
+    ``out/identities.jpg`` (a row per identity seen by several cameras, when there is one)."""
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[tuple[int, int, tuple]]] = {}
     ident: dict[int, list[dict[str, Any]]] = {}
@@ -217,7 +218,25 @@ def write_links(out: Path, tracks: Sequence[Track], labels: np.ndarray, info: di
     doc = {**info, "num_identities": len(ident), "num_tracklets": len(tracks),
            "identities": {str(k): sorted(v, key=lambda x: x["start"]) for k, v in sorted(ident.items())}}
     (out / "identities.json").write_text(json.dumps(doc, indent=1))
+    _identity_sheet(out / "identities.jpg", tracks, labels)
     return doc
+
+
+def _identity_sheet(path: Path, tracks: Sequence[Track], labels: np.ndarray) -> None:
+    """identities.jpg: every identity seen by more than one camera, a row each, the middle crop of
+    each of its tracklets captioned with camera and time (to check the links by eye)."""
+    from hareid.footage.sheet import identity_sheet
+
+    rows = []
+    for gid in sorted({int(x) for x in labels}):
+        mine = sorted((t for t, lab in zip(tracks, labels) if lab == gid), key=lambda t: t.start)
+        if len({t.camera for t in mine}) < 2:
+            continue
+        t0 = min(t.start for t in tracks)
+        rows.append((f"id {gid + 1}", [(t.crops[len(t.crops) // 2][2], f"{t.camera} {t.start - t0:.0f}s")
+                                       for t in mine if t.crops]))
+    if rows:
+        identity_sheet(rows, path)
 
 
 def _index_embed(location: str | os.PathLike) -> Callable[[list[str]], np.ndarray]:

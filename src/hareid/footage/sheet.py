@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["contact_sheet"]
+__all__ = ["contact_sheet", "identity_sheet"]
 
 
 def contact_sheet(root: str | os.PathLike, meta: dict[str, Any], out: str | os.PathLike,
@@ -45,6 +45,34 @@ def contact_sheet(root: str | os.PathLike, meta: dict[str, Any], out: str | os.P
     if len(meta["tracklets"]) > max_rows:
         draw.text((4, height - 14), f"... {len(meta['tracklets']) - max_rows} more tracklets not shown",
                   fill=(160, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, quality=90)
+    return out
+
+
+def identity_sheet(rows: list[tuple[str, list[tuple[str, str]]]], out: str | os.PathLike,
+                   cell: tuple[int, int] = (96, 40), label_width: int = 90, max_rows: int = 200) -> Path:
+    """One row per identity: its label, then one crop per tracklet with a caption under it
+    (``rows = [(label, [(crop path, caption), ...]), ...]``); to check cross-camera links by eye."""
+    out = Path(out)
+    ch, cw = cell
+    pad, cap = 4, 12
+    shown = rows[:max_rows]
+    per_row = max([len(r[1]) for r in shown] + [1])
+    width = label_width + per_row * (cw + pad) + pad
+    height = max(1, len(shown)) * (ch + cap + pad) + pad
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, crops) in enumerate(shown):
+        y = pad + r * (ch + cap + pad)
+        draw.text((4, y + 4), label, fill=(0, 0, 0))
+        for k, (path, caption) in enumerate(crops):
+            x = label_width + k * (cw + pad)
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((cw, ch))
+                sheet.paste(im, (x + (cw - im.width) // 2, y + (ch - im.height) // 2))
+            draw.text((x, y + ch), caption[: max(1, cw // 6)], fill=(60, 60, 60))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, quality=90)
     return out
