@@ -185,7 +185,10 @@ def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_
 
     expected = {n for n in names if n == "/stem/Conv" or n.startswith("/local.2/")}
     assert len(expected) > 2 and float_convs(kept) == expected
-    assert float_convs(q_all) == set()
+    assert float_convs(q_all) == {"/stem/Conv"}  # the default KEEP_FLOAT keeps the stem float
+    everything = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=(),
+                               calibration_cache=cache)
+    assert float_convs(everything) == set()
     again = quantize_int8(model, calib, num_calibration=32, batch_size=16, keep_float=["/stem/*", "/local.2/*"],
                           calibration_cache=cache)
     x = _smooth_images(4, gen)
