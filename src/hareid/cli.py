@@ -268,7 +268,8 @@ def cmd_link(args: argparse.Namespace) -> int:
     print(f"[hareid] {doc['num_tracklets']} tracklets of {len(doc['cameras'])} cameras -> "
           f"{doc['num_identities']} identities ({multi} seen in 2+ cameras; threshold "
           f"{doc['threshold']:.3f}, {doc['threshold_from']})")
-    print(f"[hareid] links -> {args.out} ({', '.join(c + '.txt' for c in doc['cameras'])}, identities.json)")
+    sheet = ", identities.jpg: check the links by eye" if (Path(args.out) / "identities.jpg").is_file() else ""
+    print(f"[hareid] links -> {args.out} ({', '.join(c + '.txt' for c in doc['cameras'])}, identities.json{sheet})")
     return 0
 
 

@@ -223,7 +223,7 @@ def test_link_writes_global_ids_per_camera(tracklets, tmp_path: Path) -> None:
 
     with Image.open(tmp_path / "links" / "identities.jpg") as im:
         multi = [v for v in doc["identities"].values() if len({x["camera"] for x in v}) > 1]
-        assert len(multi) == 1 and im.height == 1 * (96 + 12 + 4) + 4
+        assert len(multi) == 1 and im.height == 1 * (96 + 2 * 12 + 4) + 4  # caption: camera, time
         assert im.width == 90 + len(multi[0]) * (40 + 4) + 4
 
 

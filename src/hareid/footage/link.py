@@ -233,7 +233,7 @@ def _identity_sheet(path: Path, tracks: Sequence[Track], labels: np.ndarray) -> 
         if len({t.camera for t in mine}) < 2:
             continue
         t0 = min(t.start for t in tracks)
-        rows.append((f"id {gid + 1}", [(t.crops[len(t.crops) // 2][2], f"{t.camera} {t.start - t0:.0f}s")
+        rows.append((f"id {gid + 1}", [(t.crops[len(t.crops) // 2][2], f"{t.camera}\n{t.start - t0:.0f} s")
                                        for t in mine if t.crops]))
     if rows:
         identity_sheet(rows, path)

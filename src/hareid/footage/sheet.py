@@ -52,11 +52,13 @@ def contact_sheet(root: str | os.PathLike, meta: dict[str, Any], out: str | os.P
 
 def identity_sheet(rows: list[tuple[str, list[tuple[str, str]]]], out: str | os.PathLike,
                    cell: tuple[int, int] = (96, 40), label_width: int = 90, max_rows: int = 200) -> Path:
-    """One row per identity: its label, then one crop per tracklet with a caption under it
-    (``rows = [(label, [(crop path, caption), ...]), ...]``); to check cross-camera links by eye."""
+    """One row per identity: its label, then one crop per tracklet with a caption under it (lines
+    split at ``"\n"``; ``rows = [(label, [(crop path, caption), ...]), ...]``); to check
+    cross-camera links by eye."""
     out = Path(out)
     ch, cw = cell
-    pad, cap = 4, 12
+    pad = 4
+    cap = 12 * max([c.count("\n") + 1 for _, crops in rows[:max_rows] for _, c in crops] + [1])
     shown = rows[:max_rows]
     per_row = max([len(r[1]) for r in shown] + [1])
     width = label_width + per_row * (cw + pad) + pad
@@ -72,7 +74,8 @@ def identity_sheet(rows: list[tuple[str, list[tuple[str, str]]]], out: str | os.
                 im = im.convert("RGB")
                 im.thumbnail((cw, ch))
                 sheet.paste(im, (x + (cw - im.width) // 2, y + (ch - im.height) // 2))
-            draw.text((x, y + ch), caption[: max(1, cw // 6)], fill=(60, 60, 60))
+            for k_line, line in enumerate(caption.split("\n")):
+                draw.text((x, y + ch + 12 * k_line), line[: max(1, cw // 6)], fill=(60, 60, 60))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, quality=90)
     return out
