@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,37 @@ def test_usable_cpus_reads_affinity_and_cgroup_quota(monkeypatch, tmp_path: Path
     assert usable_cpus() == 1
     quota.write_text("garbage")
     assert usable_cpus() == affinity
+
+
+_FAULTS = """
+import resource, sys, torch
+from hareid.runtime import keep_freed_memory
+
+def faults():
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(16 << 20, dtype=torch.float32).fill_(1.0)  # 64 MiB, freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+before = faults()
+applied = keep_freed_memory()
+assert keep_freed_memory() == applied  # once, idempotent
+faults(), faults()  # the heap grows to hold the buffers once, then they are reused
+print(applied, before, faults())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_keep_freed_memory_stops_the_page_faults_of_reused_buffers() -> None:
+    import platform
+    import subprocess
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True).stdout.split()
+    applied, before, after = out[0] == "True", int(out[1]), int(out[2])
+    assert applied and before > 5 * 16000 * 0.9  # 5 x 64 MiB of 4 KiB pages, faulted in anew each time
+    assert after < before / 50
+    env = {**os.environ, "HAREID_MALLOC": "system"}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out[0] == "False" and int(out[2]) > 5 * 16000 * 0.9

@@ -26,8 +26,8 @@ import torch
 
 from hareid.errors import ConfigError
 
-__all__ = ["DTYPE_NAMES", "auto_dtype", "cpu_flags", "cpu_has_bf16", "resolve_amp", "resolve_device",
-           "resolve_dtype", "set_seed", "usable_cpus"]
+__all__ = ["DTYPE_NAMES", "auto_dtype", "cpu_flags", "cpu_has_bf16", "keep_freed_memory", "resolve_amp",
+           "resolve_device", "resolve_dtype", "set_seed", "usable_cpus"]
 
 #: cgroup v2 CPU quota of this process's container (read by :func:`usable_cpus`).
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -141,3 +141,34 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_freed_memory_kept: bool | None = None
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Let glibc keep large freed buffers in the process instead of handing them back to the OS.
+
+    CPU tensors come from ``malloc``; glibc serves large ones with ``mmap`` and unmaps them on free,
+    so every forward pass faults its activations in anew and the kernel zeroes each page: 14-20k
+    page faults per batch-32 HA-CNN forward (docs/performance.md). Raising glibc's mmap and trim
+    thresholds keeps those pages mapped for the next batch. Process-wide and applied once; Linux
+    with glibc only. ``HAREID_MALLOC=system`` leaves the allocator alone. Returns whether it applied.
+    """
+    global _freed_memory_kept
+    if _freed_memory_kept is None:
+        _freed_memory_kept = False
+        import platform
+
+        if os.environ.get("HAREID_MALLOC", "").lower() != "system" and platform.system() == "Linux" \
+                and platform.libc_ver()[0] == "glibc":
+            import ctypes
+
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _freed_memory_kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+            except (OSError, AttributeError):
+                pass
+    return _freed_memory_kept

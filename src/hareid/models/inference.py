@@ -259,8 +259,15 @@ def optimize_for_inference(
     Returns:
         an :class:`InferenceModel` for a HarmNet (equal to ``model.eval()(x)`` within the module's
         stated tolerance, any input size the model accepts), else the generic module.
+
+    On Linux it also lets glibc keep freed activation buffers in the process
+    (:func:`hareid.runtime.keep_freed_memory`; ``HAREID_MALLOC=system`` opts out): without that,
+    every batch pays thousands of page faults for memory it just gave back.
     """
     from hareid.models.core import HarmNet
+    from hareid.runtime import keep_freed_memory
+
+    keep_freed_memory()
 
     if dtype is None:
         dtype = torch.float32
