@@ -55,10 +55,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         # already executed at its new path; the import system set ``__spec__`` to the alias's
-        # spec: give the module back its own
-        old = next((k for k, v in sys.modules.items() if v is module and k in MOVED), None)
-        if old in self._specs:
-            module.__spec__ = self._specs[old]
+        # spec (named by the old path): give the module back its own
+        module.__spec__ = self._specs[module.__spec__.name]
 
 
 def install() -> None:

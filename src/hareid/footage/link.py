@@ -228,11 +228,11 @@ def _identity_sheet(path: Path, tracks: Sequence[Track], labels: np.ndarray) -> 
     from hareid.footage.sheet import identity_sheet
 
     rows = []
+    t0 = min(t.start for t in tracks)
     for gid in sorted({int(x) for x in labels}):
         mine = sorted((t for t, lab in zip(tracks, labels) if lab == gid), key=lambda t: t.start)
         if len({t.camera for t in mine}) < 2:
             continue
-        t0 = min(t.start for t in tracks)
         rows.append((f"id {gid + 1}", [(t.crops[len(t.crops) // 2][2], f"{t.camera}\n{t.start - t0:.0f} s")
                                        for t in mine if t.crops]))
     if rows:

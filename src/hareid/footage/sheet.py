@@ -17,6 +17,15 @@ from PIL import Image, ImageDraw
 __all__ = ["contact_sheet", "identity_sheet"]
 
 
+def _paste(sheet: Image.Image, path: str | os.PathLike, x: int, y: int, cell: tuple[int, int]) -> None:
+    """The image at ``path``, scaled to fit the ``cell`` (height, width) at ``(x, y)``, centred."""
+    ch, cw = cell
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((cw, ch))
+        sheet.paste(im, (x + (cw - im.width) // 2, y + (ch - im.height) // 2))
+
+
 def contact_sheet(root: str | os.PathLike, meta: dict[str, Any], out: str | os.PathLike,
                   per_row: int = 12, cell: tuple[int, int] = (96, 40), label_width: int = 150,
                   max_rows: int = 400) -> Path:
@@ -37,11 +46,7 @@ def contact_sheet(root: str | os.PathLike, meta: dict[str, Any], out: str | os.P
         draw.text((4, y + 20), f"frames {t['first_frame']}-{t['last_frame']}", fill=(60, 60, 60))
         draw.text((4, y + 36), f"{len(crops)} crops, {t['duration']:.1f} s", fill=(60, 60, 60))
         for k, i in enumerate(pick):
-            with Image.open(root / crops[i]["file"]) as im:
-                im = im.convert("RGB")
-                im.thumbnail((cw, ch))
-                x = label_width + k * (cw + pad) + (cw - im.width) // 2
-                sheet.paste(im, (x, y + (ch - im.height) // 2))
+            _paste(sheet, root / crops[i]["file"], label_width + k * (cw + pad), y, cell)
     if len(meta["tracklets"]) > max_rows:
         draw.text((4, height - 14), f"... {len(meta['tracklets']) - max_rows} more tracklets not shown",
                   fill=(160, 0, 0))
@@ -70,10 +75,7 @@ def identity_sheet(rows: list[tuple[str, list[tuple[str, str]]]], out: str | os.
         draw.text((4, y + 4), label, fill=(0, 0, 0))
         for k, (path, caption) in enumerate(crops):
             x = label_width + k * (cw + pad)
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                im.thumbnail((cw, ch))
-                sheet.paste(im, (x + (cw - im.width) // 2, y + (ch - im.height) // 2))
+            _paste(sheet, path, x, y, cell)
             for k_line, line in enumerate(caption.split("\n")):
                 draw.text((x, y + ch + 12 * k_line), line[: max(1, cw // 6)], fill=(60, 60, 60))
     out.parent.mkdir(parents=True, exist_ok=True)
