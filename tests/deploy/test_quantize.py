@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,3 +196,87 @@ def test_keep_float_leaves_named_layers_float_and_reuses_calibration(setup, tmp_
     torch.testing.assert_close(again(x), kept(x))
     with pytest.raises(HareidError, match="matches no node"):
         quantize_int8(model, calib, num_calibration=32, keep_float=["/stem_typo/*"])
+
+
+def _initializers(m: Int8Model) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load_from_string(m.onnx_bytes).graph.initializer}
+
+
+def test_int8_weights_round_as_onnx_runtime_stores_them(setup) -> None:
+    """hareid's emulation of ONNX Runtime's weight rounding (what bias correction relies on) equals the
+    int8 weights and scales in the quantised file, for every quantised convolution."""
+    from hareid.deploy.quantize import cpu_has_vnni, int8_weights
+
+    model, q, _ = setup
+    inits = _initializers(q)
+    floats = {n + ".weight": b.float().numpy() for n, m in optimize_for_inference(model, dtype=torch.float32).graph.named_modules()
+              for k, b in m.named_buffers(recurse=False) if k == "weight" and b.dim() == 4}
+    checked = 0
+    for name, w in floats.items():
+        if name + "_quantized" not in inits:
+            continue  # kept float
+        scale = inits[name + "_scale"].reshape(-1, 1, 1, 1)
+        stored = inits[name + "_quantized"].astype(np.float64) * scale
+        np.testing.assert_allclose(int8_weights(w, reduce_range=not cpu_has_vnni()), stored, rtol=0, atol=1e-7)
+        checked += 1
+    assert checked >= 50
+
+
+def test_bias_correction_cancels_the_mean_shift_of_int8_weights() -> None:
+    """Hand-checkable case: on an input constant per channel (no padding, so every output position sees
+    the channel means), the convolution with int8-rounded weights and the corrected bias gives the
+    float convolution's output, while the int8 weights alone are off."""
+    import io
+
+    import onnx
+    from onnx import numpy_helper
+
+    from hareid.deploy.quantize import _correct_bias, int8_weights
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, groups=1).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(conv, (torch.zeros(1, 6, 5, 5),), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    node = next(n for n in graph.node if n.op_type == "Conv")
+    mu = torch.rand(6) * 3
+    assert _correct_bias(graph, {node.input[1]: mu}, set(), per_channel=True, reduce_range=False) == 1
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    x = mu.view(1, 6, 1, 1).expand(1, 6, 5, 5).double()
+    wq = torch.from_numpy(int8_weights(conv.weight.detach().numpy()))
+    exact = F.conv2d(x, conv.weight.double(), conv.bias.double())
+    corrected = F.conv2d(x, wq, torch.from_numpy(inits[node.input[2]]).double())
+    uncorrected = F.conv2d(x, wq, conv.bias.double())
+    torch.testing.assert_close(corrected, exact, rtol=0, atol=1e-5)
+    assert (uncorrected - exact).abs().max() > 1e-3
+
+
+def test_concatenated_branches_share_one_scale(setup) -> None:
+    """Every quantised Concat's inputs are quantised with the Concat output's own scale and zero point,
+    so concatenating int8 branches rounds nothing a second time."""
+    import onnx
+
+    _, q, _ = setup
+    graph = onnx.load_from_string(q.onnx_bytes).graph
+    inits = _initializers(q)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    checked = 0
+    for node in graph.node:
+        if node.op_type != "Concat" or not all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                                               for i in node.input):
+            continue
+        out_q = next(c for c in consumers[node.output[0]] if c.op_type == "QuantizeLinear")
+        for i in node.input:
+            dq = producer[i]
+            assert float(inits[dq.input[1]]) == pytest.approx(float(inits[out_q.input[1]]), rel=1e-6)
+            assert int(inits[dq.input[2]]) == int(inits[out_q.input[2]])
+        checked += 1
+    assert checked >= 6  # the blocks of the three stages and the local branch
