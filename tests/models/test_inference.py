@@ -222,6 +222,30 @@ def test_separable_sampling_equals_grid_sample(src_hw: tuple[int, int], out_hw: 
     torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.02)
 
 
+def test_separable_sampling_gradients_equal_grid_sample() -> None:
+    """Training samples bf16 maps by two matrix products: the gradients for the map and for the
+    translations (what teaches hard attention) equal grid_sample's, computed in float64."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 20, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    t = (torch.rand(2, 4, 2, dtype=torch.float64) * 1.4 - 0.7)
+    grad = torch.randn(8, 6, 5, 7, dtype=torch.float64)
+
+    def grads(fn):
+        xg, tg = x.clone().requires_grad_(), t.clone().requires_grad_()
+        fn(xg, tg).backward(grad)
+        return xg.grad, tg.grad
+
+    ref = grads(lambda a, b: sample_regions(a, translations_to_theta(b, 0.25), (5, 7)))
+    got = grads(lambda a, b: sample_stripes(a, b, 0.25, (5, 7)))
+    # (the separable form computes its interpolation weights in float32)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], atol=1e-4, rtol=1e-4)
+    assert ref[1].abs().sum() > 0  # the translations do get a gradient
+    xb = x.float().bfloat16().requires_grad_()
+    RegionSampler()(xb, t.float(), (5, 7)).float().backward(grad.float())  # the bf16 training path
+    torch.testing.assert_close(xb.grad.float(), ref[0].float(), atol=0.05, rtol=0.02)
+
+
 # ----------------------------------------------------------------------------- contract
 def test_input_model_untouched_and_frozen_copy(hacnn: nn.Module) -> None:
     model = copy.deepcopy(hacnn).train()

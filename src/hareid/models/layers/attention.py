@@ -410,12 +410,19 @@ def sample_regions(
 
 class RegionSampler(nn.Module):
     """Cuts the ``T`` regions out of a stage input: ``x (B, C, H, W)``, ``t (B, T, 2)`` translations ->
-    ``(B*T, C, h, w)`` (:func:`translations_to_theta` with height ``1/T``, then :func:`sample_regions`).
+    ``(B*T, C, h, w)``.
 
-    No weights; :meth:`fuse` gives the inference form :class:`StripeSampler`.
+    ``mode="direct"`` on a bfloat16 map (training under autocast, bf16 inference) or while tracing
+    for export: two GEMMs (:func:`sample_stripes`), the same bilinear values and gradients (for ``x``
+    and the translations) as ``grid_sample`` up to bf16 rounding, forward + backward 1.4-1.6x faster
+    on CPU (``benchmarks/_model_profile.py --sampling``), and in the int8 ONNX graph every max-pool
+    stays on ONNX Runtime's fast NHWC int8 path. Otherwise :func:`translations_to_theta` (height
+    ``1/T``) and :func:`sample_regions`. No weights; :meth:`fuse` gives the inference form.
     """
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, out_hw: tuple[int, int], mode: str = "direct") -> torch.Tensor:
+        if mode == "direct" and (x.dtype == torch.bfloat16 or torch.jit.is_tracing()):
+            return sample_stripes(x, t, 1.0 / t.shape[1], out_hw)  # (B*T, C, h, w)
         theta = translations_to_theta(t, 1.0 / t.shape[1])  # (B, T, 2, 3)
         return sample_regions(x, theta, out_hw, mode)  # (B*T, C, h, w)
 
@@ -424,15 +431,7 @@ class RegionSampler(nn.Module):
 
 
 class StripeSampler(RegionSampler):
-    """Inference form of :class:`RegionSampler`: ``mode="direct"`` regions of a bfloat16 map (or while
-    tracing for export) by two GEMMs (:func:`sample_stripes`): faster than ``grid_sample`` in bf16,
-    and in the int8 ONNX graph it keeps every max-pool on ONNX Runtime's fast NHWC int8 path (+26 %,
-    measured). Anything else as :class:`RegionSampler`."""
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, out_hw: tuple[int, int], mode: str = "direct") -> torch.Tensor:
-        if mode == "direct" and (x.dtype == torch.bfloat16 or torch.jit.is_tracing()):
-            return sample_stripes(x, t, 1.0 / t.shape[1], out_hw)  # (B*T, C, h, w)
-        return super().forward(x, t, out_hw, mode)
+    """Inference form of :class:`RegionSampler` (the same computation; kept as the fused module's type)."""
 
 
 def _tent(p: torch.Tensor, n: int) -> torch.Tensor:
