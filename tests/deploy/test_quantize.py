@@ -280,3 +280,12 @@ def test_concatenated_branches_share_one_scale(setup) -> None:
             assert int(inits[dq.input[2]]) == int(inits[out_q.input[2]])
         checked += 1
     assert checked >= 6  # the blocks of the three stages and the local branch
+
+
+def test_a_corrupt_calibration_cache_is_named(setup, tmp_path: Path) -> None:
+    """A cache file that is not one quantize_int8 wrote gets a one-line error naming it and the fix."""
+    model, _, gen = setup
+    cache = tmp_path / "ranges.json"
+    cache.write_text("{not json")
+    with pytest.raises(HareidError, match=r"ranges\.json: not a calibration cache.*delete it"):
+        quantize_int8(model, _smooth_images(8, gen), num_calibration=8, calibration_cache=cache)

@@ -3,15 +3,17 @@
 :func:`quantize_int8` exports the float32 inference graph of :func:`hareid.models.inference.optimize_for_inference`
 (BN folded, factorised soft attention, regions sampled by two matrix products) to ONNX, calibrates
 activation ranges on a few hundred images, and quantises it (QDQ format, per-channel int8 weights,
-uint8 activations; ONNX Runtime fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). The
+uint8 activations; ONNX Runtime fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). Only
+the convolution path is int8 (:data:`QUANTIZED_OPS`); the branches of a block share one range, and
+the int8 weights are bias-corrected: 99 % of nearest neighbours as in float32 (docs/performance.md). The
 hard-attention path (pooled vector, translations, sampling matrices) and the sampling products stay
 float32: region positions keep sub-pixel precision. The result, an :class:`Int8Model`, maps float32 ``(B, 3, H, W)`` normalised
 CPU images to float32 ``(B, D)`` embeddings and saves as a plain ``.onnx`` file.
 
 Why ONNX Runtime rather than PyTorch's PT2E x86 quantizer (torchao + Inductor): both were measured
 (README, Benchmarks); ONNX Runtime needs no compilation (quantising takes seconds, not minutes, and
-any batch size runs), no extra dependency beyond the ``onnx`` extra, and gives ~1.6x hareid's bf16
-eager speed on an AVX512-VNNI CPU with top-1 retrieval unchanged.
+any batch size runs), no extra dependency beyond the ``onnx`` extra, and gives ~1.5x hareid's bf16
+eager speed on an AVX512-VNNI CPU (2x the compiled torchreid model).
 
 Needs ``pip install 'hareid[onnx]'`` (onnx, onnxruntime).
 """
@@ -43,8 +45,7 @@ __all__ = ["KEEP_FLOAT", "QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "int8_wei
 #: uint8 values between them unchanged (ReLU folds into the convolution, max-pool and concatenation
 #: move bytes). The soft-attention arithmetic (ReduceMean, Sigmoid, Mul, Add), the pooled vectors
 #: and the Gemm / MatMul heads stay float: quantising them added a rounding at every step for no
-#: speed (measured: top-1 agreement 97.7 -> 99.1 % synthetic, 98.2 -> 98.5 % real crops, same
-#: images/s; docs/performance.md, "int8 at parity").
+#: speed (``benchmarks/int8_recipe.py``; docs/performance.md, "int8 at parity").
 QUANTIZED_OPS = ("Conv", "MaxPool", "Relu", "Concat")
 #: Nodes :func:`quantize_int8` leaves in float by default (``fnmatch`` patterns over the exported
 #: graph's node names): HA-CNN's stem, whose error every later layer carries, and the Concat nodes
@@ -158,7 +159,11 @@ def _calibrate(path: Path, batches: list[np.ndarray], method: Any, op_types: Seq
                                        calibrate_method=method)
         calibrator.collect_data(_Reader())
         save_tensors_data(calibrator.compute_data(), cache)
-    data = load_tensors_data(cache)
+    try:
+        data = load_tensors_data(cache)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        raise HareidError(f"{cache}: not a calibration cache written by quantize_int8 ({type(exc).__name__}: "
+                          f"{exc}); delete it to calibrate again") from None
     if data.calibration_method != method:
         raise HareidError(f"{cache}: calibration cache written with {data.calibration_method}, not {method}; "
                           "delete it or pass the method it was written with")
