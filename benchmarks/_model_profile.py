@@ -2,6 +2,7 @@
 
     python benchmarks/_model_profile.py [--batch 32] [--size 160 64] [--reps 5] [--threads N] [--profile]
     python benchmarks/_model_profile.py --threads 1 --conv-floor     # time of the convolutions alone
+    python benchmarks/_model_profile.py --threads 1 --sampler        # region sampling: grid_sample vs two GEMMs
 
 Prints images/s (median of ``reps``) for eval forward and a train step (forward, cross-entropy on
 both branches, backward, Adam step), in fp32 and under bfloat16 autocast. Not the official table
@@ -87,6 +88,43 @@ def conv_floor(batch: int, size: tuple[int, int], clock) -> None:
           f"plus the soft-attention ones' equivalents)")
 
 
+def sampler_bench(batch: int, clock) -> None:
+    """Forward + backward (map and translations) of the hard-attention region sampling at HA-CNN's three
+    training shapes, bf16 channels_last: ``grid_sample`` (:func:`sample_regions`) vs two GEMMs
+    (:func:`sample_stripes`, what :class:`RegionSampler` runs on bf16 maps), with the gradients compared."""
+    from hareid.models.layers.attention import sample_regions, sample_stripes, translations_to_theta
+
+    total = {"grid_sample": 0.0, "two GEMMs": 0.0}
+    for c, big_h, big_w, h, w in ((32, 80, 32, 24, 28), (128, 40, 16, 12, 14), (256, 20, 8, 6, 7)):
+        x0 = torch.randn(batch, c, big_h, big_w).bfloat16().contiguous(memory_format=torch.channels_last)
+        t0 = torch.rand(batch, 4, 2) - 0.5
+        grad = torch.randn(batch * 4, c, h, w).bfloat16().contiguous(memory_format=torch.channels_last)
+        fns = {"grid_sample": lambda x, t, hw=(h, w): sample_regions(x, translations_to_theta(t, 0.25), hw),
+               "two GEMMs": lambda x, t, hw=(h, w): sample_stripes(x, t, 0.25, hw)}
+
+        def run(fn, x0=x0, t0=t0, grad=grad):
+            x, t = x0.detach().requires_grad_(), t0.detach().requires_grad_()
+            fn(x, t).backward(grad)
+            return x.grad.float(), t.grad
+
+        (gx, gt), (sx, st) = run(fns["grid_sample"]), run(fns["two GEMMs"])
+        row = []
+        for name, fn in fns.items():
+            ts = []
+            for _ in range(7):
+                t_start = clock()
+                run(fn)
+                ts.append(clock() - t_start)
+            ms = 1e3 * sorted(ts)[3]
+            total[name] += ms
+            row.append(f"{name} {ms:6.1f} ms")
+        print(f"({batch}, {c}, {big_h}, {big_w}) -> 4 x {h}x{w}: " + "  ".join(row)
+              + f"  | max |d grad x| {float((gx - sx).abs().max()):.3f}, translation grad rel. diff "
+              f"{float((gt - st).norm() / gt.norm()):.4f}")
+    print(f"total: grid_sample {total['grid_sample']:.1f} ms, two GEMMs {total['two GEMMs']:.1f} ms "
+          f"({total['grid_sample'] / total['two GEMMs']:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -96,7 +134,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads; 1 = time by thread CPU time")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--conv-floor", action="store_true", help="time hareid's convolutions alone (inference + training)")
+    ap.add_argument("--sampler", action="store_true", help="time the region sampling forms, forward + backward")
     args = ap.parse_args()
+    if args.sampler:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        sampler_bench(args.batch, time.thread_time if args.threads == 1 else time.perf_counter)
+        return
     if args.conv_floor:
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -117,6 +117,25 @@ def test_backends_agree(tiny: Tiny, tmp_path: Path) -> None:
         Embedder(onnx_path, input_size=(128, 64))
 
 
+def test_onnx_files_run_without_busy_waiting_threads(tiny: Tiny, tmp_path: Path, monkeypatch) -> None:
+    """The Embedder runs an ONNX file in hareid's session: torch's thread count, and ONNX Runtime's
+    threads do not spin between calls (they would take the cores from the PyTorch work around them)."""
+    pytest.importorskip("onnxruntime")
+    import hareid.deploy.embedder as embedder_module
+    from hareid.cli import main
+    from hareid.deploy.export import ort_session
+
+    made = []
+    monkeypatch.setattr(embedder_module, "ort_session", lambda *a, **k: made.append(ort_session(*a, **k)) or made[-1])
+    path = tmp_path / "m.onnx"
+    assert main(["export", str(tiny.checkpoint), "--format", "onnx", "--out", str(path)]) == 0
+    Embedder(path).embed([_rgb(tiny.images("query")[0])])
+    (sess,) = made
+    opts = sess.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == torch.get_num_threads()
+
+
 def test_module_with_info_and_lower_precision(tiny: Tiny) -> None:
     model, info = load_model(tiny.checkpoint)
     crops = [_rgb(p) for p in tiny.images("query")[:4]]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hareid.deploy.export import METADATA_KEY
+from hareid.deploy.export import METADATA_KEY, ort_session
 from hareid.errors import ConfigError, DataError, HareidError
 
 __all__ = ["BACKEND_ATOL", "Embedder"]
@@ -177,13 +177,11 @@ class Embedder:
 
     def _init_onnx(self, path: Path) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise HareidError(f"{path}: running ONNX files needs onnxruntime: pip install 'hareid[onnx]'") from None
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
         try:
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            sess = ort_session(path)
         except Exception as e:
             raise HareidError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
         inp = sess.get_inputs()[0]

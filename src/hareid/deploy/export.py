@@ -47,6 +47,7 @@ __all__ = [
     "export_torchscript",
     "fuse_for_inference",
     "optimize_for_inference",
+    "ort_session",
 ]
 
 ATOL = 1e-4
@@ -106,6 +107,24 @@ def _require_onnx() -> tuple[ModuleType, ModuleType]:
     except ImportError as exc:
         raise HareidError(f"ONNX export needs onnx and onnxruntime ({exc.name or exc} missing): {_ONNX_HINT}") from None
     return onnx, ort
+
+
+def ort_session(model: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session as hareid runs every ONNX file (a path or the model's bytes).
+
+    Intra-op threads as PyTorch's (``threads`` overrides), every graph optimisation, and no
+    busy-waiting between calls: by default ONNX Runtime's threads spin after each run, and on a
+    small CPU they take the cores from the PyTorch work of the same process (a PyTorch call right
+    after an ONNX Runtime one measured 2x slower on 2 cores, ``benchmarks/bench_embedder.py``).
+    """
+    _, ort = _require_onnx()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def _example(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -217,10 +236,7 @@ def export_torchscript(
 
 def _run_export(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
     if fmt == "onnx":
-        _, ort = _require_onnx()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(path)
         out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         return torch.from_numpy(out)
     with warnings.catch_warnings():

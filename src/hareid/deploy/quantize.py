@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hareid.deploy.export import METADATA_KEY, export_metadata
+from hareid.deploy.export import METADATA_KEY, export_metadata, ort_session
 from hareid.errors import HareidError
 
 __all__ = ["KEEP_FLOAT", "QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "int8_weights", "load_int8",
@@ -293,16 +293,9 @@ class Int8Model(nn.Module):
 
     def __init__(self, onnx_bytes: bytes, threads: int | None = None) -> None:
         super().__init__()
-        ort = _ort()
+        _ort()
         self.onnx_bytes = onnx_bytes
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting between calls: ORT's threads otherwise spin after each run and take the
-        # cores from the PyTorch work of the same process (the Embedder's preprocessing, a server)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(onnx_bytes, threads)  # no busy-waiting threads between calls
         meta = self.session.get_modelmeta().custom_metadata_map
         self.input_size = (int(meta.get(_META + "height", 0)), int(meta.get(_META + "width", 0)))
         self.embed_dim = int(meta.get(_META + "embed_dim", 0))

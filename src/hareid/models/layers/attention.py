@@ -414,8 +414,8 @@ class RegionSampler(nn.Module):
 
     ``mode="direct"`` on a bfloat16 map (training under autocast, bf16 inference) or while tracing
     for export: two GEMMs (:func:`sample_stripes`), the same bilinear values and gradients (for ``x``
-    and the translations) as ``grid_sample`` up to bf16 rounding, forward + backward 1.4-1.6x faster
-    on CPU (``benchmarks/_model_profile.py --sampling``), and in the int8 ONNX graph every max-pool
+    and the translations) as ``grid_sample`` up to bf16 rounding, forward + backward ~1.9x faster
+    on CPU (``benchmarks/_model_profile.py --sampler``), and in the int8 ONNX graph every max-pool
     stays on ONNX Runtime's fast NHWC int8 path. Otherwise :func:`translations_to_theta` (height
     ``1/T``) and :func:`sample_regions`. No weights; :meth:`fuse` gives the inference form.
     """
