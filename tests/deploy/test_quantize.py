@@ -289,3 +289,24 @@ def test_a_corrupt_calibration_cache_is_named(setup, tmp_path: Path) -> None:
     cache.write_text("{not json")
     with pytest.raises(HareidError, match=r"ranges\.json: not a calibration cache.*delete it"):
         quantize_int8(model, _smooth_images(8, gen), num_calibration=8, calibration_cache=cache)
+
+
+def test_averaged_ranges_sit_inside_the_extremes_and_the_cache_knows_its_method(setup, tmp_path: Path) -> None:
+    """method="averaged" averages each tensor's per-batch min / max: every range lies
+    inside the minmax range of the same images, some strictly; a cache written by one method is
+    refused, with its name, by the other."""
+    import json
+
+    model, _, gen = setup
+    calib = _smooth_images(192, gen)  # 3 batches of AVERAGED_BATCH
+    caches = {m: tmp_path / f"{m}.json" for m in ("minmax", "averaged")}
+    for m, cache in caches.items():
+        quantize_int8(model, calib, num_calibration=192, method=m, calibration_cache=cache)
+    ranges = {m: json.loads(c.read_text())["data"] for m, c in caches.items()}
+    assert ranges["minmax"].keys() == ranges["averaged"].keys()
+    lo = {m: {k: v["lowest"]["data"][0] for k, v in r.items()} for m, r in ranges.items()}
+    hi = {m: {k: v["highest"]["data"][0] for k, v in r.items()} for m, r in ranges.items()}
+    assert all(hi["averaged"][k] <= hi["minmax"][k] + 1e-6 and lo["averaged"][k] >= lo["minmax"][k] - 1e-6 for k in hi["minmax"])
+    assert sum(hi["averaged"][k] < hi["minmax"][k] - 1e-6 for k in hi["minmax"]) > len(hi["minmax"]) // 2
+    with pytest.raises(HareidError, match=r"averaged\.json: calibration cache written with method 'averaged', not 'minmax'"):
+        quantize_int8(model, calib[:8], num_calibration=8, calibration_cache=caches["averaged"])
