@@ -13,7 +13,7 @@ CPU images to float32 ``(B, D)`` embeddings and saves as a plain ``.onnx`` file.
 Why ONNX Runtime rather than PyTorch's PT2E x86 quantizer (torchao + Inductor): both were measured
 (README, Benchmarks); ONNX Runtime needs no compilation (quantising takes seconds, not minutes, and
 any batch size runs), no extra dependency beyond the ``onnx`` extra, and gives ~1.5x hareid's bf16
-eager speed on an AVX512-VNNI CPU (2x the compiled torchreid model).
+eager speed on an AVX512-VNNI CPU (1.8-2.1x the compiled torchreid model).
 
 Needs ``pip install 'hareid[onnx]'`` (onnx, onnxruntime).
 """
