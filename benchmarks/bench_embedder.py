@@ -70,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         keys = list(times)
         for r in range(args.repeats):
             for name, n in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotating order
-                # an untimed call first: a PyTorch call right after an ONNX Runtime one runs 2x slower
-                # on 2 cores (the two runtimes' threads), which is the order of this loop, not a backend
-                backends[name].embed(crops[:1])
                 t0 = time.perf_counter()
                 backends[name].embed(crops[:n])
                 times[(name, n)].append(time.perf_counter() - t0)
@@ -80,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             one, many = (statistics.median(times[(name, n)]) for n in (1, 32))
             print(f"| {name} | {1 / one:.1f} | {32 / many:.1f} | {1000 * many / 32:.2f} |")
         print()
-        for prefix in ckpts:  # issue 26: the default within 10 % of the fastest float form at batch 1
+        for prefix in ckpts:  # the target: the default within 10 % of the fastest float form at batch 1
             p = prefix + " " * bool(prefix)
             rate = {n: 1 / statistics.median(times[(n, 1)]) for n in backends if n.startswith(p) and "int8" not in n}
             default = rate[f"{p}default (dtype='auto')"]
