@@ -5,15 +5,19 @@ on real crops, embedding error and speed, one row per step, measured in one run.
         --data ~/.cache/hareid/synthetic-v1 \\
         --images footage/second/crops --calib footage/first/crops
 
-Rows (each of 2-5 adds one change to the row above; the fourth is ``quantize_int8``'s default):
+Rows (each of 2-4 adds one change to the row above; the fourth is ``quantize_int8``'s default):
 
-1. the previous default: every op type ONNX Runtime can quantise (Add, Mul, Sigmoid, pooling, ...),
+1. the first recipe: every op type ONNX Runtime can quantise (Add, Mul, Sigmoid, pooling, ...),
    the ops outside the blocks and the stem float;
 2. only the convolution path quantised (:data:`hareid.deploy.quantize.QUANTIZED_OPS`);
 3. each block's concatenated branches share one range (``shared_concat``);
 4. bias correction of the int8 weights (``bias_correction``): the default;
-5. ranges averaged over calibration batches (``method="averaged"``), an option;
-6. and 7. the frontier from the default: the local branch, then stage 1, kept float as well.
+5. the default with the weights rounded for each layer's output (``weight_rounding="gptq"``), an option;
+6. the default with ranges averaged over calibration batches (``method="averaged"``), an option;
+7. and 8. the frontier from the default: the local branch, then stage 1, kept float as well.
+
+One draw of calibration images; ``benchmarks/int8_draws.py`` repeats the comparison of rows 4 and 5
+over several draws.
 
 Columns: top-1 agreement (the same nearest gallery image as float32; on ``--images`` each crop
 queries all the others), on crops in per-tracklet folders also the agreement up to the tracklet
@@ -49,14 +53,15 @@ def steps() -> dict[str, dict]:
     from hareid.deploy.quantize import KEEP_FLOAT
 
     return {
-        "1. previous default (all op types)": dict(op_types=PREVIOUS_OPS, keep_float=PREVIOUS_KEEP,
-                                                   shared_concat=False, bias_correction=False),
+        "1. first recipe (all op types)": dict(op_types=PREVIOUS_OPS, keep_float=PREVIOUS_KEEP, shared_concat=False,
+                                               bias_correction=False),
         "2. convolution path only": dict(shared_concat=False, bias_correction=False),
         "3. + shared concat ranges": dict(bias_correction=False),
         "4. + bias correction (default)": dict(),
-        "5. + averaged ranges (method='averaged')": dict(method="averaged"),
-        "6. default + local branch float": dict(keep_float=(*KEEP_FLOAT, "/local.*")),
-        "7. default + local branch and stage 1 float": dict(keep_float=(*KEEP_FLOAT, "/local.*", "/stages.0/*")),
+        "5. default + GPTQ weight rounding (weight_rounding='gptq')": dict(weight_rounding="gptq"),
+        "6. default + averaged ranges (method='averaged')": dict(method="averaged"),
+        "7. default + local branch float": dict(keep_float=(*KEEP_FLOAT, "/local.*")),
+        "8. default + local branch and stage 1 float": dict(keep_float=(*KEEP_FLOAT, "/local.*", "/stages.0/*")),
     }
 
 

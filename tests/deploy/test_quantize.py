@@ -205,24 +205,72 @@ def _initializers(m: Int8Model) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load_from_string(m.onnx_bytes).graph.initializer}
 
 
-def test_int8_weights_round_as_onnx_runtime_stores_them(setup) -> None:
-    """hareid's emulation of ONNX Runtime's weight rounding (what bias correction relies on) equals the
-    int8 weights and scales in the quantised file, for every quantised convolution."""
-    from hareid.deploy.quantize import cpu_has_vnni, int8_weights
+def test_int8_weights_in_the_file_are_the_ones_hareid_chose(setup) -> None:
+    """ONNX Runtime recomputes each weight's scale and rounds the stored weights again; the file keeps
+    exactly hareid's choice: by default :func:`int8_weights` (hareid's emulation of ONNX Runtime's
+    rounding, which bias correction relies on), with ``weight_rounding="gptq"`` the GPTQ rounding
+    computed from the calibration images' input moments, for every quantised convolution."""
+    from hareid.deploy.quantize import (
+        _batches,
+        _input_stats,
+        cpu_has_vnni,
+        gptq_weights,
+        int8_weights,
+    )
 
     model, q, _ = setup
-    inits = _initializers(q)
-    floats = {n + ".weight": b.float().numpy() for n, m in optimize_for_inference(model, dtype=torch.float32).graph.named_modules()
+    reduce_range = not cpu_has_vnni()
+    graph = optimize_for_inference(model, dtype=torch.float32).graph
+    floats = {n + ".weight": b.float().numpy() for n, m in graph.named_modules()
               for k, b in m.named_buffers(recurse=False) if k == "weight" and b.dim() == 4}
-    checked = 0
-    for name, w in floats.items():
-        if name + "_quantized" not in inits:
-            continue  # kept float
-        scale = inits[name + "_scale"].reshape(-1, 1, 1, 1)
-        stored = inits[name + "_quantized"].astype(np.float64) * scale
-        np.testing.assert_allclose(int8_weights(w, reduce_range=not cpu_has_vnni()), stored, rtol=0, atol=1e-7)
-        checked += 1
-    assert checked >= 50
+    calib = _smooth_images(32, torch.Generator().manual_seed(0))  # the fixture's calibration images
+    stats = _input_stats(graph, list(_batches(calib, 16, 32)), hessians=True)
+    gptq = quantize_int8(model, calib, num_calibration=32, batch_size=16, weight_rounding="gptq")
+    for form, inits in (("nearest", _initializers(q)), ("gptq", _initializers(gptq))):
+        checked = 0
+        for name, w in floats.items():
+            if name + "_quantized" not in inits:
+                continue  # kept float
+            scale = inits[name + "_scale"].reshape(-1, 1, 1, 1)
+            stored = inits[name + "_quantized"].astype(np.float64) * scale
+            if form == "gptq" and "hessian" in stats[name]:
+                want = gptq_weights(w.reshape(len(w), -1), stats[name]["hessian"].numpy(), reduce_range).reshape(w.shape)
+                checked += 1
+            else:  # nearest, and the grouped (box-pool) convolutions, which GPTQ leaves alone
+                want = int8_weights(w, reduce_range=reduce_range)
+                checked += form == "nearest"
+            np.testing.assert_allclose(stored, want, rtol=0, atol=1e-7, err_msg=f"{form}: {name}")
+        assert checked >= 45, form
+
+
+def test_gptq_with_uncorrelated_inputs_is_rounding_to_nearest() -> None:
+    """Hand-checkable case: with a diagonal input second moment no rounding error can be
+    compensated by another weight, so GPTQ gives exactly the nearest int8 weights."""
+    from hareid.deploy.quantize import gptq_weights, int8_weights
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 27))
+    hessian = np.diag(rng.uniform(0.5, 2.0, size=27))
+    np.testing.assert_allclose(gptq_weights(w, hessian), int8_weights(w), rtol=0, atol=1e-12)
+
+
+def test_gptq_keeps_the_grid_and_lowers_the_output_error() -> None:
+    """On correlated inputs GPTQ's weights stay on ONNX Runtime's int8 grid (integers in [-127, 127],
+    each row's scale unchanged, so ONNX Runtime stores them as they are) and the layer's output error
+    on those inputs is well below rounding each weight to nearest."""
+    from hareid.deploy.quantize import gptq_weights, int8_weights
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 6)) @ rng.normal(size=(6, 36)) + 0.1 * rng.normal(size=(4000, 36))  # correlated inputs
+    w = rng.normal(size=(16, 36))
+    g = gptq_weights(w, x.T @ x / len(x))
+    np.testing.assert_allclose(int8_weights(g), g, rtol=0, atol=1e-12)  # on the grid, scales unchanged
+    np.testing.assert_allclose(np.abs(g).max(1), np.abs(w).max(1), rtol=1e-6)
+
+    def output_error(wq: np.ndarray) -> float:
+        return float(np.mean((x @ (wq - w).T) ** 2))
+
+    assert output_error(g) < 0.5 * output_error(int8_weights(w))
 
 
 def test_bias_correction_cancels_the_mean_shift_of_int8_weights() -> None:

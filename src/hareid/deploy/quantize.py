@@ -5,10 +5,11 @@
 activation ranges on a few hundred images, and quantises it (QDQ format, per-channel int8 weights,
 uint8 activations; ONNX Runtime fuses the pairs into ``QLinearConv`` etc. with VNNI kernels). Only
 the convolution path is int8 (:data:`QUANTIZED_OPS`); the branches of a block share one range, and
-the int8 weights are bias-corrected: 98.8-99.1 % of nearest neighbours as in float32 (docs/performance.md). The
-hard-attention path (pooled vector, translations, sampling matrices) and the sampling products stay
-float32: region positions keep sub-pixel precision. The result, an :class:`Int8Model`, maps float32 ``(B, 3, H, W)`` normalised
-CPU images to float32 ``(B, D)`` embeddings and saves as a plain ``.onnx`` file.
+the int8 weights are bias-corrected (GPTQ rounding is an option): 98.5-99.1 % of nearest neighbours
+as in float32 (docs/performance.md). The hard-attention path (pooled vector, translations, sampling
+matrices) and the sampling products stay float32: region positions keep sub-pixel precision. The
+result, an :class:`Int8Model`, maps float32 ``(B, 3, H, W)`` normalised CPU images to float32
+``(B, D)`` embeddings and saves as a plain ``.onnx`` file.
 
 Why ONNX Runtime rather than PyTorch's PT2E x86 quantizer (torchao + Inductor): both were measured
 (README, Benchmarks); ONNX Runtime needs no compilation (quantising takes seconds, not minutes, and
@@ -39,8 +40,8 @@ from hareid.deploy.export import METADATA_KEY, export_metadata, ort_session
 from hareid.errors import HareidError
 from hareid.fileio import atomic_write_text
 
-__all__ = ["KEEP_FLOAT", "QUANTIZED_OPS", "Int8Model", "cpu_has_vnni", "int8_weights", "load_int8",
-           "quantizable_nodes", "quantize_int8"]
+__all__ = ["KEEP_FLOAT", "QUANTIZED_OPS", "WEIGHT_ROUNDINGS", "Int8Model", "cpu_has_vnni", "gptq_weights",
+           "int8_weights", "load_int8", "quantizable_nodes", "quantize_int8"]
 
 #: Operator types quantised (activations uint8, weights int8): the convolutions and what passes
 #: uint8 values between them unchanged (ReLU folds into the convolution, max-pool and concatenation
@@ -54,6 +55,8 @@ QUANTIZED_OPS = ("Conv", "MaxPool", "Relu", "Concat")
 #: (docs/performance.md, "int8 at parity"). A default pattern that matches no node of another model
 #: is skipped.
 KEEP_FLOAT: tuple[str, ...] = ("/Concat*", "/stem/*")
+#: How :func:`quantize_int8` rounds the int8 weights (``weight_rounding``).
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 _HINT = "pip install 'hareid[onnx]'"
 _META = "hareid."
 
@@ -214,21 +217,58 @@ def _shared_concat_ranges(graph: Any, ranges: dict[str, tuple[float, float]], ex
     return out
 
 
-def _input_means(net: nn.Module, batches: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    """Per-channel mean of the input of every convolution module (``nn.Conv2d``, the fused
-    ``ConvAct``: a module with a 4-D ``weight``) over the calibration images, keyed by the name of its
-    weight (``"<module>.weight"``, the initializer's name in the exported graph)."""
+def _conv_geometry(m: nn.Module) -> tuple[list[int], list[int]] | None:
+    """``(stride, padding)`` of a plain convolution module (a fused ``ConvAct`` or a zero-padded,
+    undilated ``nn.Conv2d``, one group) whose input is the convolution's input; else None."""
+    from hareid.models.layers.blocks import ConvAct
+
+    if isinstance(m, ConvAct) and m.groups == 1:
+        return list(m.stride), list(m.padding)
+    if (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and tuple(m.dilation) == (1, 1)):
+        return list(m.stride), list(m.padding)
+    return None
+
+
+#: Input patches per calibration batch and convolution that enter :func:`gptq_weights`' second
+#: moments: a random subset, enough for the <= 864 inputs of a HA-CNN convolution (the errors
+#: measured with every patch and with this subset differ by noise) and several times faster.
+HESSIAN_PATCHES = 4096
+
+
+def _input_stats(net: nn.Module, batches: list[np.ndarray], hessians: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """What the calibration images feed every convolution module (a module with a 4-D ``weight``),
+    keyed by the name of its weight (``"<module>.weight"``, the initializer's name in the exported
+    graph): ``"mean"``, the per-channel mean of its input ``(C,)``; with ``hessians``, for the plain
+    convolutions (:func:`_conv_geometry`) also ``"hessian"``, the second moment ``E[u u^T]`` of its
+    input patches ``u`` (``C*kh*kw``, the order of ``weight.reshape(O, -1)``; zero padding included;
+    at most :data:`HESSIAN_PATCHES` random patches per batch)."""
     sums: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
+    second: dict[str, torch.Tensor] = {}
+    patches: dict[str, int] = {}
+    pick = torch.Generator().manual_seed(0)  # which patches enter the second moments: fixed, so reproducible
 
-    def hook(name: str):
-        def record(_mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].float()
+    def hook(name: str, geometry: tuple[list[int], list[int]] | None):
+        def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].float()  # (B, C, H, W)
             sums[name] = sums.get(name, 0) + x.sum(dim=(0, 2, 3))
             count[name] = count.get(name, 0) + x.numel() // x.shape[1]
+            if geometry is not None:
+                stride, padding = geometry
+                u = torch.nn.functional.unfold(x, mod.weight.shape[2:], padding=padding, stride=stride)  # (B, N, L)
+                b, _, positions = u.shape
+                if b * positions > HESSIAN_PATCHES:  # a random subset of the B*L patches
+                    at = torch.randperm(b * positions, generator=pick)[:HESSIAN_PATCHES]
+                    u = u[at // positions, :, at % positions]  # (HESSIAN_PATCHES, N)
+                else:
+                    u = u.transpose(1, 2).reshape(-1, u.shape[1])  # (B*L, N): one row per output position
+                second[name] = second.get(name, 0) + (u.T @ u).double()  # (N, N)
+                patches[name] = patches.get(name, 0) + u.shape[0]
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in net.named_modules()
+    handles = [m.register_forward_pre_hook(hook(n + ".weight", _conv_geometry(m) if hessians else None))
+               for n, m in net.named_modules()
                if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 4]
     try:
         with torch.inference_mode():
@@ -237,7 +277,8 @@ def _input_means(net: nn.Module, batches: list[np.ndarray]) -> dict[str, torch.T
     finally:
         for h in handles:
             h.remove()
-    return {k: sums[k] / count[k] for k in sums}
+    return {k: {"mean": sums[k] / count[k], **({"hessian": second[k] / patches[k]} if k in second else {})}
+            for k in sums}
 
 
 def int8_weights(w: np.ndarray, per_channel: bool = True, reduce_range: bool = False) -> np.ndarray:
@@ -253,42 +294,107 @@ def int8_weights(w: np.ndarray, per_channel: bool = True, reduce_range: bool = F
     return q.astype(np.float64) * scale.astype(np.float64)
 
 
-def _correct_bias(graph: Any, means: dict[str, torch.Tensor], excluded: set[str], per_channel: bool,
-                  reduce_range: bool) -> int:
-    """Bias correction of weight quantisation (Nagel et al., "Data-Free Quantization", 2019), in place.
+def gptq_weights(w: np.ndarray, hessian: np.ndarray, reduce_range: bool = False, damp: float = 0.01) -> np.ndarray:
+    """``w`` ``(O, N)`` rounded to int8 so that the layer's output, not each weight, stays closest to float.
 
-    Rounding a convolution's weights to int8 shifts each output channel's mean by
-    ``sum_c sum_k (W_q - W)[o, c, k] * E[x_c]``; subtracting that from the bias removes the shift
-    (``E[x_c]``: the calibration images' mean of input channel ``c``, zero padding ignored). ``W_q``
-    is :func:`int8_weights`, ONNX Runtime's rounding. Returns the number of convolutions corrected."""
+    GPTQ (Frantar et al., *GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+    Transformers*, ICLR 2023): the columns are rounded one at a time, and each column's rounding
+    error is pushed onto the columns not yet rounded, weighted by the inverse of ``hessian``
+    ``(N, N)``, the second moment of the layer's inputs (damped by ``damp`` times its mean diagonal).
+    The grid is ONNX Runtime's (:func:`int8_weights`: per row, scale ``max|w| / 127``, integers in
+    [-127, 127]), and each row's largest weight is pinned to +-127, so ONNX Runtime, which recomputes
+    the scale from the stored weights, keeps every integer chosen here. With uncorrelated inputs
+    (a diagonal ``hessian``) nothing is pushed: plain rounding. Returns the dequantised weights
+    ``(O, N)`` (float64; store them as float32).
+    """
+    qmax = 64.0 if reduce_range else 127.0
+    w = np.array(w, dtype=np.float64)  # a working copy: columns not yet rounded absorb the errors
+    rows, n = w.shape
+    absmax = np.abs(w.astype(np.float32)).astype(np.float64).max(1)  # as int8_weights: the stored float32 weights
+    scale = (absmax / qmax).astype(np.float32).astype(np.float64)
+    safe = np.where(scale > 0, scale, 1.0)
+    pinned = np.zeros_like(w, dtype=bool)
+    pinned[np.arange(rows), np.abs(w).argmax(1)] = True
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) <= 0  # inputs that are always zero: any value works, keep them well-posed
+    h[dead, dead] = 1.0
+    h[np.diag_indices(n)] += damp * np.mean(np.diag(h))
+    # upper Cholesky factor of H^-1: row i holds how column i's error spreads over columns i+1..
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    q = np.zeros_like(w)
+    for i in range(n):
+        col = w[:, i]
+        qi = np.where(pinned[:, i], np.sign(col) * qmax, np.clip(np.rint(col / safe), -qmax, qmax))
+        q[:, i] = qi
+        err = (col - qi * scale) / u[i, i]  # (O,)
+        w[:, i + 1:] -= np.outer(err, u[i, i + 1:])
+    return q * scale[:, None]
+
+
+def _round_weights(graph: Any, stats: dict[str, dict[str, torch.Tensor]], excluded: set[str],
+                   reduce_range: bool) -> dict[str, np.ndarray]:
+    """Replace, in place, the weights of every quantised plain convolution (those with a ``"hessian"``
+    in ``stats``) by their :func:`gptq_weights` rounding; returns the float weights replaced, by name
+    (bias correction measures the shift against them)."""
     from onnx import numpy_helper
 
+    originals: dict[str, np.ndarray] = {}
+    for node, init, _bias in _own_convolutions(graph, stats, excluded):
+        if "hessian" not in stats[node.input[1]]:
+            continue
+        w = numpy_helper.to_array(init).astype(np.float64)  # (O, C, kh, kw)
+        rounded = gptq_weights(w.reshape(len(w), -1), stats[node.input[1]]["hessian"].numpy(), reduce_range)
+        init.CopyFrom(numpy_helper.from_array(rounded.reshape(w.shape).astype(np.float32), init.name))
+        originals[init.name] = w
+    return originals
+
+
+def _own_convolutions(graph: Any, stats: dict[str, Any], excluded: set[str]) -> Iterator[tuple[Any, Any, Any]]:
+    """``(node, weight initializer, bias initializer or None)`` of every quantised Conv whose weight
+    (and bias) belong to it alone and whose input statistics were measured."""
     inits = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    done = 0
-    for node in graph.node:
-        if (node.op_type != "Conv" or node.name in excluded or node.input[1] not in means
+    for node in list(graph.node):
+        if (node.op_type != "Conv" or node.name in excluded or node.input[1] not in stats
                 or node.input[1] not in inits or uses[node.input[1]] > 1):  # a shared weight sees several inputs
             continue
         bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if bias_name is not None and (bias_name not in inits or uses[bias_name] > 1):
             continue  # a bias computed in the graph or shared with another node: not this node's to change
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)  # (O, C/g, kh, kw)
-        wq = int8_weights(w, per_channel, reduce_range)
+        yield node, inits[node.input[1]], inits[bias_name] if bias_name else None
+
+
+def _correct_bias(graph: Any, means: dict[str, torch.Tensor], excluded: set[str], per_channel: bool,
+                  reduce_range: bool, reference: dict[str, np.ndarray] | None = None) -> int:
+    """Bias correction of weight quantisation (Nagel et al., "Data-Free Quantization", 2019), in place.
+
+    Rounding a convolution's weights to int8 shifts each output channel's mean by
+    ``sum_c sum_k (W_q - W)[o, c, k] * E[x_c]``; subtracting that from the bias removes the shift
+    (``E[x_c]``: the calibration images' mean of input channel ``c``, zero padding ignored). ``W_q``
+    is :func:`int8_weights`, ONNX Runtime's rounding of the stored weights; ``W`` the float weights,
+    from ``reference`` where the stored ones were already rounded (:func:`_round_weights`). Returns
+    the number of convolutions corrected."""
+    from onnx import numpy_helper
+
+    done = 0
+    for node, init, bias_init in _own_convolutions(graph, means, excluded):
+        stored = numpy_helper.to_array(init).astype(np.float64)  # (O, C/g, kh, kw)
+        w = (reference or {}).get(init.name, stored)
+        wq = int8_weights(stored, per_channel, reduce_range)
         groups = next((a.i for a in node.attribute if a.name == "group"), 1)
         mu = means[node.input[1]].double().numpy().reshape(groups, -1)  # (g, C/g)
         shift = ((wq - w).sum(axis=(2, 3)) * np.repeat(mu, len(w) // groups, axis=0)).sum(1)  # (O,)
-        if bias_name is None:  # no bias yet: add one holding the correction
+        if bias_init is None:  # no bias yet: add one holding the correction
             bias_name = node.input[1] + ".corrected_bias"
             graph.initializer.append(numpy_helper.from_array(np.zeros(len(w), np.float32), bias_name))
-            inits[bias_name] = graph.initializer[-1]
+            bias_init = graph.initializer[-1]
             del node.input[2:]
             node.input.append(bias_name)
-        bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64)
-        inits[bias_name].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), bias_name))
+        bias = numpy_helper.to_array(bias_init).astype(np.float64)
+        bias_init.CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), bias_init.name))
         done += 1
     return done
 
@@ -385,6 +491,7 @@ def quantize_int8(
     calibration_cache: str | os.PathLike | None = None,
     bias_correction: bool = True,
     shared_concat: bool = True,
+    weight_rounding: str = "nearest",
 ) -> Int8Model:
     """Statically quantise ``model``'s embedding graph to int8 for CPU inference.
 
@@ -412,6 +519,10 @@ def quantize_int8(
             weights cause on the calibration images (see :func:`_correct_bias`).
         shared_concat: quantise the inputs of each quantised Concat with its output's range, so the
             concatenation copies bytes instead of rounding again (see :func:`_shared_concat_ranges`).
+        weight_rounding: ``"nearest"`` (default): each weight to its nearest int8 value, as ONNX
+            Runtime rounds; ``"gptq"``: each convolution's int8 weights chosen so that its output on the
+            calibration images stays closest to float (:func:`gptq_weights`, needs ``per_channel``):
+            16 % less mean embedding error, but no better top-1 agreement (docs/performance.md).
             ``bias_correction`` and ``shared_concat`` are on by default; switching them off is for
             ablations (``benchmarks/int8_recipe.py``).
 
@@ -431,6 +542,9 @@ def quantize_int8(
         raise HareidError(f"int8 quantisation needs onnx and onnxruntime ({exc.name or exc} missing): {_HINT}") from None
     from hareid.models.inference import optimize_for_inference
 
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise HareidError(f"quantize_int8: weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
+                          f"got {weight_rounding!r}")
     methods = _calibration_methods()
     if method not in methods:
         raise HareidError(f"quantize_int8: method must be one of {', '.join(methods)}, got {method!r}")
@@ -457,8 +571,13 @@ def quantize_int8(
             proto = onnx.load(str(pre))
             excluded = set(_float_only_nodes(proto.graph) + _matching_nodes(proto.graph, keep, keep_float is not None))
             cache = Path(calibration_cache) if calibration_cache is not None else Path(tmp) / "ranges.json"
-            if bias_correction:
-                _correct_bias(proto.graph, _input_means(inference.graph, batches), excluded, per_channel, reduce_range)
+            hessians = weight_rounding == "gptq" and per_channel
+            if bias_correction or hessians:
+                stats = _input_stats(inference.graph, batches, hessians)
+                originals = _round_weights(proto.graph, stats, excluded, reduce_range) if hessians else {}
+                if bias_correction:
+                    means = {k: v["mean"] for k, v in stats.items()}
+                    _correct_bias(proto.graph, means, excluded, per_channel, reduce_range, originals)
                 onnx.save(proto, str(pre))
             ranges = _calibrate(pre, batches, method, op_types, cache, Path(tmp))
             quantize_static(
