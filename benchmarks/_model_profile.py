@@ -3,6 +3,7 @@
     python benchmarks/_model_profile.py [--batch 32] [--size 160 64] [--reps 5] [--threads N] [--profile]
     python benchmarks/_model_profile.py --threads 1 --conv-floor     # time of the convolutions alone
     python benchmarks/_model_profile.py --threads 1 --sampler        # region sampling: grid_sample vs two GEMMs
+    python benchmarks/_model_profile.py --threads 1 --fused-profile  # where the bf16 inference form's time goes
 
 Prints images/s (median of ``reps``) for eval forward and a train step (forward, cross-entropy on
 both branches, backward, Adam step), in fp32 and under bfloat16 autocast. Not the official table
@@ -35,6 +36,30 @@ warnings.filterwarnings("ignore")
 
 from hareid.models import build_model  # noqa: E402
 from tests.helpers.peer import _load  # noqa: E402
+
+
+def fused_profile(batch: int, size: tuple[int, int]) -> None:
+    """Operator shares of the bf16 inference form's forward (``torch.profiler`` self CPU time, 3 calls)."""
+    from torch.profiler import profile
+
+    from hareid.models.inference import optimize_for_inference
+
+    net = optimize_for_inference(build_model("hacnn", 751).eval(), dtype=torch.bfloat16)
+    x = torch.randn(batch, 3, *size)
+    for _ in range(2):
+        net(x)
+    with profile() as p:
+        for _ in range(3):
+            net(x)
+    events = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"bf16 inference form, batch {batch}, {size[0]}x{size[1]}: {total / 3e3:.1f} ms per forward (profiled)")
+    print("| operator | share | ms per forward |")
+    print("|---|---:|---:|")
+    for e in events[:12]:
+        print(f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f} % | {e.self_cpu_time_total / 3e3:.1f} |")
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    print(f"convolutions: {100 * conv / total:.1f} % of the forward")
 
 
 def _logits(out):
@@ -133,6 +158,8 @@ def main() -> None:
     ap.add_argument("--sampling", default="direct")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads; 1 = time by thread CPU time")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fused-profile", action="store_true",
+                    help="profile the bf16 inference form (optimize_for_inference): operator shares, convolutions' share")
     ap.add_argument("--conv-floor", action="store_true", help="time hareid's convolutions alone (inference + training)")
     ap.add_argument("--sampler", action="store_true", help="time the region sampling forms, forward + backward")
     args = ap.parse_args()
@@ -140,6 +167,11 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         sampler_bench(args.batch, time.thread_time if args.threads == 1 else time.perf_counter)
+        return
+    if args.fused_profile:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        fused_profile(args.batch, tuple(args.size))
         return
     if args.conv_floor:
         if args.threads:
