@@ -133,6 +133,10 @@ def test_save_load_and_errors(setup, tmp_path: Path) -> None:
         quantize_int8(model, [torch.randn(2, 5)])
     with pytest.raises(HareidError, match="all be"):
         quantize_int8(model, [torch.randn(2, 3, *SIZE), torch.randn(2, 3, 160, 64)])
+    with pytest.raises(HareidError, match="weight_rounding must be one of nearest, gptq"):
+        quantize_int8(model, torch.randn(2, 3, *SIZE), weight_rounding="adaround")
+    with pytest.raises(HareidError, match="per_channel=True"):
+        quantize_int8(model, torch.randn(2, 3, *SIZE), weight_rounding="gptq", per_channel=False)
 
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch) -> None:

@@ -545,6 +545,9 @@ def quantize_int8(
     if weight_rounding not in WEIGHT_ROUNDINGS:
         raise HareidError(f"quantize_int8: weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
                           f"got {weight_rounding!r}")
+    if weight_rounding == "gptq" and not per_channel:
+        raise HareidError("quantize_int8: weight_rounding='gptq' rounds per output channel; pass per_channel=True "
+                          "or weight_rounding='nearest'")
     methods = _calibration_methods()
     if method not in methods:
         raise HareidError(f"quantize_int8: method must be one of {', '.join(methods)}, got {method!r}")
@@ -571,7 +574,7 @@ def quantize_int8(
             proto = onnx.load(str(pre))
             excluded = set(_float_only_nodes(proto.graph) + _matching_nodes(proto.graph, keep, keep_float is not None))
             cache = Path(calibration_cache) if calibration_cache is not None else Path(tmp) / "ranges.json"
-            hessians = weight_rounding == "gptq" and per_channel
+            hessians = weight_rounding == "gptq"
             if bias_correction or hessians:
                 stats = _input_stats(inference.graph, batches, hessians)
                 originals = _round_weights(proto.graph, stats, excluded, reduce_range) if hessians else {}
