@@ -307,6 +307,38 @@ def test_bias_correction_cancels_the_mean_shift_of_int8_weights() -> None:
     assert (uncorrected - exact).abs().max() > 1e-3
 
 
+def test_bias_correction_measures_the_shift_against_the_float_weights_when_rounded_beforehand() -> None:
+    """When the stored weights were already rounded (GPTQ writes its int8 choice into the graph first),
+    the correction must use the original float weights: on the same constant-per-channel input the
+    corrected convolution gives the float output again."""
+    import io
+
+    import onnx
+    from onnx import numpy_helper
+
+    from hareid.deploy.quantize import _correct_bias, gptq_weights
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(6, 5, 3).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(conv, (torch.zeros(1, 6, 5, 5),), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    node = next(n for n in graph.node if n.op_type == "Conv")
+    w = conv.weight.detach().double().numpy()
+    patches = np.random.default_rng(0).normal(size=(500, 54))
+    rounded = gptq_weights(w.reshape(5, -1), patches.T @ patches / 500 + 0.5).reshape(w.shape)  # correlated inputs
+    init = next(t for t in graph.initializer if t.name == node.input[1])
+    init.CopyFrom(numpy_helper.from_array(rounded.astype(np.float32), init.name))
+    mu = torch.rand(6) * 3
+    assert _correct_bias(graph, {node.input[1]: mu}, set(), per_channel=True, reduce_range=False,
+                         reference={init.name: w}) == 1
+    bias = torch.from_numpy(numpy_helper.to_array(next(t for t in graph.initializer if t.name == node.input[2]))).double()
+    x = mu.view(1, 6, 1, 1).expand(1, 6, 5, 5).double()
+    exact = F.conv2d(x, conv.weight.double(), conv.bias.double())
+    torch.testing.assert_close(F.conv2d(x, torch.from_numpy(rounded), bias), exact, rtol=0, atol=1e-5)
+
+
 def test_concatenated_branches_share_one_scale(setup) -> None:
     """Every quantised Concat's inputs are quantised with the Concat output's own scale and zero point,
     so concatenating int8 branches rounds nothing a second time."""
