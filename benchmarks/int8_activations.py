@@ -17,7 +17,6 @@ with float32 (each crop queries all the others) and the mean and worst 1 - cosin
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import warnings
 from collections.abc import Callable
@@ -30,32 +29,29 @@ import torch
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from int8_parity import embed, load, topk  # noqa: E402
+from int8_parity import calibration_draw, crop_args, embed, load, topk  # noqa: E402
 
 Select = Callable[[Any, list[Any]], bool]  # (producer node or None, consumer nodes) -> 16 bits?
 
-GROUPS: dict[str, Select] = {
-    "none (the default int8 model)": lambda p, cs: False,
-    "inside the streams (conv / ReLU outputs read by convs)": lambda p, cs: (
-        p is not None and p.op_type in ("Conv", "Relu") and bool(cs) and all(c.op_type in ("Conv", "Relu") for c in cs)),
-    "block outputs and their inputs (Concat)": lambda p, cs: (
-        (p is not None and p.op_type == "Concat") or any(c.op_type == "Concat" for c in cs)),
-    "made by float ops (stage inputs, regions)": lambda p, cs: (
-        p is not None and p.op_type not in ("Conv", "Concat", "MaxPool", "Relu")),
-    "all": lambda p, cs: True,
-}
-#: quantize_int8 options per row (default: none); the last row repeats "all" with GPTQ-rounded weights,
-#: leaving (nearly) only the weights' error
-OPTIONS: dict[str, dict[str, Any]] = {"all, weights rounded by GPTQ": {"weight_rounding": "gptq"}}
-GROUPS["all, weights rounded by GPTQ"] = GROUPS["all"]
+_ALL: Select = lambda p, cs: True  # noqa: E731
+#: (row, which tensors get 16 bits, quantize_int8 options); the last row repeats "all" with GPTQ-rounded
+#: weights, leaving (nearly) only the weights' error
+ROWS: list[tuple[str, Select, dict[str, Any]]] = [
+    ("none (the default int8 model)", lambda p, cs: False, {}),
+    ("inside the streams (conv / ReLU outputs read by convs)", lambda p, cs: (
+        p is not None and p.op_type in ("Conv", "Relu") and bool(cs) and all(c.op_type in ("Conv", "Relu") for c in cs)), {}),
+    ("block outputs and their inputs (Concat)", lambda p, cs: (
+        (p is not None and p.op_type == "Concat") or any(c.op_type == "Concat" for c in cs)), {}),
+    ("made by float ops (stage inputs, regions)", lambda p, cs: (
+        p is not None and p.op_type not in ("Conv", "Concat", "MaxPool", "Relu")), {}),
+    ("all", _ALL, {}),
+    ("all, weights rounded by GPTQ", _ALL, {"weight_rounding": "gptq"}),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--images", required=True, help="crops (each crop queries the others)")
-    ap.add_argument("--calib", required=True, help="calibration crops (other footage of the same cameras)")
-    ap.add_argument("--calib-images", type=int, default=256)
+    crop_args(ap, "crops (each crop queries the others)")
     args = ap.parse_args(argv)
 
     from _machine import machine_line
@@ -67,15 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_model(args.checkpoint, device="cpu")
     h, w = info["height"], info["width"]
     images = load(sorted(list_images(args.images)), info)
-    draw = sorted(list_images(args.calib))
-    random.Random(0).shuffle(draw)
-    calib = load(draw[: args.calib_images], info)
+    calib = calibration_draw(args.calib, args.calib_images, 0, info)
     ref = embed(model.eval(), images)
     ref_top = topk(ref, ref, 1, exclude_self=True)[:, 0]
     shared = quantize._shared_concat_ranges
 
     rows = []
-    for group, select in GROUPS.items():
+    for group, select, options in ROWS:
         chosen: list[str] = []
 
         def overrides(graph: Any, ranges: dict, excluded: set, select: Select = select, chosen: list = chosen) -> dict:
@@ -92,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             return out
 
         with mock.patch.object(quantize, "_shared_concat_ranges", overrides):
-            q = quantize.quantize_int8(model, calib, h, w, num_calibration=args.calib_images, **OPTIONS.get(group, {}))
+            q = quantize.quantize_int8(model, calib, h, w, num_calibration=args.calib_images, **options)
         feats = embed(q, images)
         err = 1 - torch.nn.functional.cosine_similarity(feats, ref)
         agree = float((topk(feats, feats, 1, exclude_self=True)[:, 0] == ref_top).float().mean())

@@ -18,7 +18,6 @@ inference form is measured once (no draw).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import warnings
@@ -29,7 +28,7 @@ import torch
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from int8_parity import embed, load  # noqa: E402
+from int8_parity import calibration_draw, crop_args, embed, load  # noqa: E402
 
 FORMS = {
     "default (nearest rounding, bias correction)": dict(),
@@ -39,10 +38,7 @@ FORMS = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--images", required=True, help="crops in per-tracklet subfolders (each crop queries the others)")
-    ap.add_argument("--calib", required=True, help="calibration crops (other footage of the same cameras)")
-    ap.add_argument("--calib-images", type=int, default=256)
+    crop_args(ap, "crops in per-tracklet subfolders (each crop queries the others)")
     ap.add_argument("--draws", type=int, default=5)
     args = ap.parse_args(argv)
 
@@ -67,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
     ref = embed(model.eval(), images)
     ref_top, ref_other = nearest(ref)
-    pool = sorted(list_images(args.calib))
 
     def score(feats: torch.Tensor) -> tuple[float, float, float, float, float]:
         top, other = nearest(feats)
@@ -79,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         score(embed(optimize_for_inference(model, dtype=torch.bfloat16), images))]}
     results.update({f: [] for f in FORMS})
     for d in range(args.draws):
-        draw = list(pool)
-        random.Random(d).shuffle(draw)
-        calib = load(draw[: args.calib_images], info)
+        calib = calibration_draw(args.calib, args.calib_images, d, info)
         for form, kw in FORMS.items():
             results[form].append(score(embed(quantize_int8(model, calib, h, w, num_calibration=args.calib_images, **kw), images)))
             print(f"  draw {d}: {form}: {100 * results[form][-1][0]:.2f} %", file=sys.stderr, flush=True)

@@ -47,6 +47,25 @@ def load(paths: list[str], info: dict) -> torch.Tensor:
     return torch.cat([load_images(paths[i:i + 256], h, w, mean, std) for i in range(0, len(paths), 256)])
 
 
+def crop_args(ap, images_help: str) -> None:
+    """The arguments of the real-crop int8 studies: checkpoint, evaluated crops, calibration crops."""
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--images", required=True, help=images_help)
+    ap.add_argument("--calib", required=True, help="calibration crops (other footage of the same cameras)")
+    ap.add_argument("--calib-images", type=int, default=256)
+
+
+def calibration_draw(folder: str, n: int, seed: int, info: dict) -> torch.Tensor:
+    """``n`` crops of ``folder`` drawn with ``seed`` (shuffled in a fixed order), loaded as ``load`` does."""
+    import random
+
+    from hareid.api import list_images
+
+    paths = sorted(list_images(folder))
+    random.Random(seed).shuffle(paths)
+    return load(paths[:n], info)
+
+
 def topk(q: torch.Tensor, g: torch.Tensor, k: int, exclude_self: bool) -> torch.Tensor:
     d = torch.cdist(q, g)  # (Q, G)
     if exclude_self:

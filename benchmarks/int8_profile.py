@@ -34,16 +34,16 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _session(model: bytes | str, threads: int, profile_dir: str | None = None):
+def _profiled_session(model: bytes, threads: int, profile_dir: str):
+    """hareid's ONNX Runtime session settings (:func:`hareid.deploy.export.ort_session`) plus the profiler."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile_dir is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(profile_dir) / "int8")
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(Path(profile_dir) / "int8")
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
@@ -66,6 +66,8 @@ def ceiling(batch: int, threads: int, repeats: int) -> float:
         quantize_static,
     )
 
+    from hareid.deploy.export import ort_session
+
     conv = torch.nn.Sequential(torch.nn.Conv2d(128, 128, 3, padding=1), torch.nn.ReLU()).eval()
     x = torch.relu(torch.randn(batch, 128, 80, 32))
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +83,7 @@ def ceiling(batch: int, threads: int, repeats: int) -> float:
 
         quantize_static(fp32, q8, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv", "Relu"])
-        sess = _session(q8, threads)
+        sess = ort_session(q8, threads)
         feed = {"x": x.numpy()}
         ms = _median_ms(lambda: sess.run(None, feed), repeats)
     return batch * 80 * 32 * 128 * 128 * 9 / ms / 1e6
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     q = quantize_int8(model, torch.randn(64, 3, h, w), h, w, num_calibration=64, threads=args.threads)
     x = np.random.default_rng(0).normal(size=(args.batch, 3, h, w)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        sess = _session(q.onnx_bytes, args.threads, tmp)
+        sess = _profiled_session(q.onnx_bytes, args.threads, tmp)
         for _ in range(args.runs):
             sess.run(None, {"images": x})
         events = json.loads(Path(sess.end_profiling()).read_text())
